@@ -1,0 +1,23 @@
+"""max_deeplab_tf: MaX-DeepLab for TensorFlow 2 / Keras 3.
+
+Public entry points:
+  load_experiment(path, overrides=()) -> ExperimentOptions proto.
+  build_model(experiment_options) -> keras.Model returning deeplab2's output
+    dictionary.
+"""
+
+__version__ = "0.1.0"
+
+
+def load_experiment(path, overrides=()):
+    """See `max_deeplab_tf.config.load_experiment`."""
+    from max_deeplab_tf import config
+
+    return config.load_experiment(path, overrides)
+
+
+def build_model(experiment_options, **kwargs):
+    """See `max_deeplab_tf.model.build_model`."""
+    from max_deeplab_tf import model
+
+    return model.build_model(experiment_options, **kwargs)

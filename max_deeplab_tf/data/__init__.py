@@ -1,0 +1,1 @@
+"""Datasets: descriptors, COCO panoptic conversion, synthetic data, input."""
