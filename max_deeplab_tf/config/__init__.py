@@ -1,0 +1,139 @@
+"""Loading and checking experiment configs (ExperimentOptions textprotos).
+
+    experiment = load_experiment("configs/max_deeplab_s.textproto",
+                                 overrides=["train_dataset_options.batch_size: 8"])
+
+`${NAME}` in any string field is replaced by the environment variable NAME.
+Overrides are textproto snippets, either nested ('trainer_options {
+solver_options { base_learning_rate: 0.0005 } }') or with a dotted path
+('trainer_options.solver_options.base_learning_rate: 0.0005'); they apply in
+order, and a repeated field they set replaces the config's value.
+Every problem found (unreadable file, syntax error, unknown field, unset
+variable, semantic problem) is reported together in one ConfigError.
+"""
+
+import os
+import re
+from typing import Dict, Iterable, List, Mapping, Optional
+
+from google.protobuf import descriptor as descriptor_lib
+
+from max_deeplab_tf.config import textproto
+from max_deeplab_tf.config import validation
+from max_deeplab_tf.protos import config_pb2
+
+_VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+class ConfigError(ValueError):
+    """A config has problems; `problems` lists each as 'file:line: field: why'."""
+
+    def __init__(self, source: str, problems: List[str]):
+        self.source = source
+        self.problems = list(problems)
+        lines = "\n".join(f"  {p}" for p in self.problems)
+        super().__init__(
+            f"{len(self.problems)} problem(s) in experiment config "
+            f"{source}:\n{lines}")
+
+
+def _read(path: str) -> str:
+    import tensorflow as tf  # gfile, so that gs:// configs work.
+
+    with tf.io.gfile.GFile(path, "r") as f:
+        return f.read()
+
+
+def _expand_variables(message, prefix: str, environ: Mapping[str, str],
+                      texts: Dict[str, str], checker_where, problems) -> None:
+    """Replaces ${NAME} in every string field, recording unset variables."""
+
+    def expand(value: str, path: str) -> str:
+        def substitute(match):
+            name = match.group(1)
+            if name in environ:
+                return environ[name]
+            problems.append(
+                f"{checker_where(path, match.group(0), texts)}: {path}: "
+                f"environment variable {name} is not set (used as "
+                f"{match.group(0)})")
+            return match.group(0)
+
+        return _VARIABLE.sub(substitute, value)
+
+    for field, value in message.ListFields():
+        path = f"{prefix}{field.name}"
+        if field.cpp_type == descriptor_lib.FieldDescriptor.CPPTYPE_MESSAGE:
+            children = value if field.is_repeated else [value]
+            for child in children:
+                _expand_variables(child, path + ".", environ, texts,
+                                  checker_where, problems)
+        elif field.type == descriptor_lib.FieldDescriptor.TYPE_STRING:
+            if field.is_repeated:
+                expanded = [expand(v, path) for v in value]
+                del value[:]
+                value.extend(expanded)
+            else:
+                setattr(message, field.name, expand(value, path))
+
+
+def load_experiment(path: str, overrides: Iterable[str] = (),
+                    environ: Optional[Mapping[str, str]] = None
+                    ) -> config_pb2.ExperimentOptions:
+    """Reads, overrides, expands and validates an experiment config.
+
+    Args:
+      path: The textproto file (local, gs://, ...).
+      overrides: Textproto snippets applied in order after the file.
+      environ: Variables for ${NAME}; defaults to os.environ.
+
+    Returns:
+      The ExperimentOptions.
+
+    Raises:
+      ConfigError: listing every problem found, each with file, line, field.
+    """
+    environ = os.environ if environ is None else environ
+    try:
+        text = _read(path)
+    except Exception as e:  # gfile raises several error types.
+        raise ConfigError(path, [f"{path}: cannot read the config file: {e}"])
+
+    experiment = config_pb2.ExperimentOptions()
+    parsed = textproto.parse(text, experiment, path)
+    locations, problems, complete = (parsed.locations, parsed.problems,
+                                     parsed.complete)
+    texts = {path: text}
+    for index, snippet in enumerate(overrides, start=1):
+        source = f"override {index} ({snippet.strip()!r})"
+        override = config_pb2.ExperimentOptions()
+        parsed = textproto.parse(textproto.expand_dotted_path(snippet),
+                                 override, source)
+        problems.extend(parsed.problems)
+        complete = complete and parsed.complete
+        textproto.merge_replacing(override, experiment)
+        locations.update(parsed.locations)
+        texts[source] = snippet
+    if not complete:
+        # After a syntax or value error the message is partial; semantic
+        # checks on it would only add noise.
+        raise ConfigError(path, problems)
+
+    def where(field_path: str, token: str, all_texts: Dict[str, str]) -> str:
+        location = locations.get(field_path)
+        if location is not None:
+            return str(location)
+        for source, source_text in all_texts.items():
+            for number, line in enumerate(source_text.splitlines(), start=1):
+                if token in line:
+                    return f"{source}:{number}"
+        return path
+
+    _expand_variables(experiment, "", environ, texts, where, problems)
+    problems.extend(validation.validate(experiment, locations, path))
+    if problems:
+        raise ConfigError(path, problems)
+    return experiment
+
+
+__all__ = ["ConfigError", "load_experiment"]
