@@ -1,0 +1,1 @@
+"""Command-line tools: deeplab2 checkpoint and config import."""
