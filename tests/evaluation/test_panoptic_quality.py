@@ -1,0 +1,432 @@
+"""Panoptic quality: one hand-built case per COCO rule, for both the numpy
+core of the command (through the COCO-format writer) and the streaming TF
+statistics, with TP/FP/FN and PQ worked out by hand."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from max_deeplab_tf.data import dataset_info
+from max_deeplab_tf.evaluation import coco_format
+from max_deeplab_tf.evaluation import panoptic_quality
+from max_deeplab_tf.evaluation import streaming
+
+# Classes: 0 void, 1 and 2 things, 3 and 4 stuff. Ids: class * 100 + instance;
+# thing instance 0 is crowd. "V" is void.
+DESCRIPTOR = dataset_info.DatasetDescriptor(
+    name="pq_test", num_classes=5, ignore_label=0, label_divisor=100,
+    thing_class_ids=(1, 2))
+V = 0
+
+
+def numpy_stats(gt, pred):
+    """Statistics through the command's path: COCO ids + segments_info."""
+    gt_rgb, gt_segments = coco_format.panoptic_to_coco(np.array(gt),
+                                                       DESCRIPTOR, True)
+    pred_rgb, pred_segments = coco_format.panoptic_to_coco(np.array(pred),
+                                                           DESCRIPTOR)
+    stats = panoptic_quality.image_statistics(
+        panoptic_quality.rgb_to_id(gt_rgb), {s["id"]: s for s in gt_segments},
+        panoptic_quality.rgb_to_id(pred_rgb),
+        {s["id"]: s for s in pred_segments})
+    return {c: tuple(r) for c, r in stats.items() if r[1:].any()}
+
+
+def tf_stats(gt, pred):
+    batch = streaming.panoptic_statistics(
+        tf.constant([gt]), tf.constant([pred]), DESCRIPTOR.num_classes,
+        DESCRIPTOR.label_divisor, DESCRIPTOR.ignore_label,
+        DESCRIPTOR.thing_class_ids)
+    arrays = {k: v.numpy() for k, v in batch.items()}
+    out = {}
+    for c in range(DESCRIPTOR.num_classes):
+        row = tuple(float(arrays[k][c]) for k in streaming.STATISTICS)
+        if any(row[1:]):
+            out[c] = row
+    return out, streaming.result_from_statistics(arrays, DESCRIPTOR)
+
+
+def check(gt, pred, expected_stats, expected_all_pq, expected_n):
+    """expected_stats: class -> (IoU sum, TP, FP, FN)."""
+    got_np = numpy_stats(gt, pred)
+    got_tf, result = tf_stats(gt, pred)
+    for got in (got_np, got_tf):
+        assert sorted(got) == sorted(expected_stats)
+        for c, row in expected_stats.items():
+            np.testing.assert_allclose(got[c], row, rtol=1e-6)
+    assert result["All"]["n"] == expected_n
+    assert result["All"]["pq"] == pytest.approx(expected_all_pq, abs=1e-6)
+    summary = panoptic_quality.summarize(
+        {c: np.array(r) for c, r in got_np.items()},
+        {1: True, 2: True, 3: False, 4: False})
+    assert summary["All"]["pq"] == pytest.approx(expected_all_pq, abs=1e-6)
+    return result
+
+
+def test_iou_exactly_half_does_not_match():
+    # gt segment of 4 pixels; each prediction covers 2: IoU 2/4 = 0.5.
+    gt = [[101, 101, 101, 101]]
+    pred = [[101, 101, 102, 102]]
+    # TP 0, FP 2, FN 1: PQ 0.
+    check(gt, pred, {1: (0.0, 0, 2, 1)}, 0.0, 1)
+
+
+def test_iou_just_above_half_matches():
+    # IoU 3/5 = 0.6: TP 1 (IoU 0.6), the other prediction FP.
+    gt = [[101, 101, 101, 101, 101]]
+    pred = [[101, 101, 101, 102, 102]]
+    # PQ = 0.6 / (1 + 0.5 * 1) = 0.4; SQ 0.6; RQ 2/3.
+    result = check(gt, pred, {1: (0.6, 1, 1, 0)}, 0.4, 1)
+    assert result["All"]["sq"] == pytest.approx(0.6)
+    assert result["All"]["rq"] == pytest.approx(2 / 3)
+
+
+def test_void_pixels_are_removed_from_the_union():
+    # Prediction: 5 pixels, 3 on void. Union without the void part is
+    # 5 + 2 - 2 - 3 = 2 -> IoU 1 (it would be 2/5 = 0.4, no match, with void).
+    gt = [[V, V, V, 301, 301]]
+    pred = [[301, 301, 301, 301, 301]]
+    check(gt, pred, {3: (1.0, 1, 0, 0)}, 1.0, 1)
+
+
+def test_false_positive_exactly_half_on_void_is_counted():
+    # Class-3 prediction of 4 pixels, 2 on void (0.5, not > 0.5): FP. The gt
+    # class-4 segment is missed: FN.
+    gt = [[V, V, 401, 401]]
+    pred = [[301, 301, 301, 301]]
+    check(gt, pred, {3: (0.0, 0, 1, 0), 4: (0.0, 0, 0, 1)}, 0.0, 2)
+
+
+def test_false_positive_just_over_half_on_void_is_not_counted():
+    # 3 of 5 pixels on void: ignored; class 3 is then absent from both
+    # sides and not averaged in (n = 1).
+    gt = [[V, V, V, 401, 401]]
+    pred = [[301, 301, 301, 301, 301]]
+    check(gt, pred, {4: (0.0, 0, 0, 1)}, 0.0, 1)
+
+
+def test_void_plus_same_class_crowd_ignores_the_prediction():
+    # Prediction 101 (4 px): 2 on class-1 crowd (100) + 1 on void = 3/4:
+    # ignored. Crowd is never a false negative. Stuff 300: inter 2, union
+    # 3 + 2 - 2 = 3 -> IoU 2/3, TP.
+    gt = [[100, V, 100, 300, 300, 300]]
+    pred = [[101, 101, 101, 101, 300, 300]]
+    check(gt, pred, {3: (2 / 3, 1, 0, 0)}, 2 / 3, 1)
+
+
+def test_crowd_plus_void_at_half_is_counted():
+    # 1 crowd + 1 void of 4 pixels = 0.5: the prediction is a FP.
+    gt = [[100, V, 300, 300]]
+    pred = [[101, 101, 101, 101]]
+    # gt 300 (2 px) is missed by class 3: FN. pq 0 for both classes.
+    check(gt, pred, {1: (0.0, 0, 1, 0), 3: (0.0, 0, 0, 1)}, 0.0, 2)
+
+
+def test_crowd_of_another_class_does_not_excuse_a_prediction():
+    # Class-1 prediction fully on class-2 crowd: a FP of class 1; the crowd
+    # itself is no FN. Stuff 300 matched with IoU 1.
+    gt = [[200, 200, 200, 300]]
+    pred = [[101, 101, 101, 300]]
+    # PQ class 1 = 0, class 3 = 1 -> All 0.5 over n = 2.
+    check(gt, pred, {1: (0.0, 0, 1, 0), 3: (1.0, 1, 0, 0)}, 0.5, 2)
+
+
+def test_crowd_never_matches():
+    # A prediction identical to a crowd region: no TP, no FN, and no FP
+    # (it lies entirely on its class's crowd). Nothing to average: n = 0.
+    gt = [[100, 100, 100, 100]]
+    pred = [[101, 101, 101, 101]]
+    check(gt, pred, {}, 0.0, 0)
+
+
+def test_prediction_of_another_class_does_not_match():
+    # Same pixels, different class: FN for 3, FP for 4.
+    gt = [[301, 301, 301]]
+    pred = [[401, 401, 401]]
+    check(gt, pred, {3: (0.0, 0, 0, 1), 4: (0.0, 0, 1, 0)}, 0.0, 2)
+
+
+def test_absent_categories_and_things_stuff_split():
+    # Thing 101 matched with IoU 3/4 (gt 4 px, pred 3 px inside it); stuff
+    # 300 matched with IoU 1; classes 2 and 4 appear nowhere.
+    gt = [[101, 101, 101, 101, 300, 300]]
+    pred = [[V, 101, 101, 101, 300, 300]]
+    result = check(gt, pred, {1: (0.75, 1, 0, 0), 3: (1.0, 1, 0, 0)},
+                   (0.75 + 1.0) / 2, 2)
+    assert result["Things"] == pytest.approx(
+        {"pq": 0.75, "sq": 0.75, "rq": 1.0, "n": 1})
+    assert result["Stuff"] == pytest.approx(
+        {"pq": 1.0, "sq": 1.0, "rq": 1.0, "n": 1})
+    assert sorted(result["per_class"]) == ["1", "3"]
+    assert result["per_class"]["1"]["pq"] == pytest.approx(0.75)
+
+
+def test_statistics_add_over_images_of_a_batch():
+    # Two images; class 3 matched in the first (IoU 1), missed in the second.
+    gt = np.array([[[301, 301]], [[301, 301]]])
+    pred = np.array([[[301, 301]], [[401, 401]]])
+    stats = streaming.panoptic_statistics(
+        tf.constant(gt), tf.constant(pred), 5, 100, 0, (1, 2))
+    assert stats["tp"].numpy()[3] == 1 and stats["fn"].numpy()[3] == 1
+    assert stats["fp"].numpy()[4] == 1
+    result = streaming.result_from_statistics(stats, DESCRIPTOR)
+    # Class 3: 1 / (1 + 0.5) ; class 4: 0 -> mean 1/3.
+    assert result["All"]["pq"] == pytest.approx((1 / 1.5 + 0) / 2)
+
+
+def test_ignore_label_other_than_zero():
+    # Void = 255 * 100 + anything; class 0 is a real stuff class.
+    descriptor = dataset_info.DatasetDescriptor(
+        name="ignore255", num_classes=3, ignore_label=2, label_divisor=10,
+        thing_class_ids=(1,))
+    gt = np.array([[[0, 0, 20, 21, 11, 11]]])
+    pred = np.array([[[0, 0, 0, 0, 11, 11]]])
+    stats = streaming.panoptic_statistics(tf.constant(gt), tf.constant(pred),
+                                          3, 10, 2, (1,))
+    # Stuff 0: inter 2, union 4 + 2 - 2 - 2 (void) = 2 -> IoU 1.
+    np.testing.assert_allclose(stats["iou_sum"].numpy(), [1, 1, 0])
+    np.testing.assert_array_equal(stats["tp"].numpy(), [1, 1, 0])
+    np.testing.assert_array_equal(stats["fp"].numpy() + stats["fn"].numpy(),
+                                  [0, 0, 0])
+    rgb, segments = coco_format.panoptic_to_coco(gt[0], descriptor)
+    # Class 0 instance 0 is a segment (id 1), not void.
+    assert {s["id"] for s in segments} == {1, 12}
+
+
+# ---------------------------------------------------------------------------
+# The command on COCO-format files.
+
+COCO_DESCRIPTOR = dataset_info.DatasetDescriptor(
+    name="pq_files", num_classes=5, ignore_label=0, label_divisor=100,
+    thing_class_ids=(1, 2), category_ids=(-1, 7, 9, 20, 31),
+    class_names=("void", "cat", "dog", "sky", "grass"))
+CATEGORY = {1: 7, 2: 9, 3: 20, 4: 31}
+
+
+def random_pair(rng, height, width):
+    """A ground truth with stuff, things, crowd and void, and a perturbed
+    prediction (shifted boxes, changed classes, extra and missing things)."""
+    gt = np.where(np.arange(height)[:, None] < height // 2, 300, 400)
+    gt = np.broadcast_to(gt, (height, width)).copy()
+    pred = gt.copy()
+    pred[:, : width // 5] = 300 + 100 * (rng.rand() < 0.5)
+    for instance in range(1, 7):
+        cls = rng.choice([1, 2])
+        h, w = rng.randint(2, height // 2), rng.randint(2, width // 2)
+        y, x = rng.randint(0, height - h), rng.randint(0, width - w)
+        crowd = rng.rand() < 0.2
+        gt[y:y + h, x:x + w] = cls * 100 + (0 if crowd else instance)
+        if rng.rand() < 0.85:
+            dy, dx = rng.randint(-2, 3, size=2)
+            pcls = cls if rng.rand() < 0.8 else 3 - cls
+            py, px = np.clip(y + dy, 0, height - 1), np.clip(x + dx, 0, width - 1)
+            pred[py:py + h, px:px + w] = pcls * 100 + instance
+    for _ in range(2):  # void in both, not aligned
+        y, x = rng.randint(0, height - 3), rng.randint(0, width - 3)
+        gt[y:y + 3, x:x + 4] = 0
+        y, x = rng.randint(0, height - 3), rng.randint(0, width - 3)
+        pred[y:y + 2, x:x + 3] = 0
+    return gt.astype(np.int32), pred.astype(np.int32)
+
+
+def write_dataset(directory, pairs):
+    gt_writer = coco_format.CocoPanopticWriter(
+        f"{directory}/gt", COCO_DESCRIPTOR, "gt.json", "png",
+        ground_truth=True)
+    pred_writer = coco_format.CocoPanopticWriter(
+        f"{directory}/pred", COCO_DESCRIPTOR, "pred.json", "png")
+    for i, (gt, pred) in enumerate(pairs):
+        gt_writer.add(i, gt, f"img{i}.png")
+        pred_writer.add(i, pred, f"img{i}.png")
+    return (gt_writer.close(), gt_writer.png_dir, pred_writer.close(),
+            pred_writer.png_dir)
+
+
+def brute_force_pq(gt_json, gt_dir, pred_json, pred_dir):
+    """The official per-image loops, one pair of segments at a time."""
+    from PIL import Image
+    import json as json_lib
+
+    gt_data = json_lib.load(open(gt_json))
+    pred_data = json_lib.load(open(pred_json))
+    isthing = {c["id"]: c["isthing"] for c in gt_data["categories"]}
+    preds = {a["image_id"]: a for a in pred_data["annotations"]}
+    stat = {c: [0.0, 0, 0, 0] for c in isthing}  # iou, tp, fp, fn
+
+    def load(path):
+        rgb = np.array(Image.open(path), np.int64)
+        return rgb[..., 0] + 256 * rgb[..., 1] + 65536 * rgb[..., 2]
+
+    for gt_ann in gt_data["annotations"]:
+        pred_ann = preds[gt_ann["image_id"]]
+        gt_ids = load(f"{gt_dir}/{gt_ann['file_name']}")
+        pred_ids = load(f"{pred_dir}/{pred_ann['file_name']}")
+        gt_segs = {s["id"]: dict(s) for s in gt_ann["segments_info"]}
+        pred_segs = {s["id"]: dict(s) for s in pred_ann["segments_info"]}
+        for s in pred_segs.values():
+            s["area"] = int((pred_ids == s["id"]).sum())
+        pairs = {}
+        for g, p in zip(gt_ids.ravel().tolist(), pred_ids.ravel().tolist()):
+            pairs[(g, p)] = pairs.get((g, p), 0) + 1
+        gt_done, pred_done = set(), set()
+        for (g, p), inter in pairs.items():
+            if g not in gt_segs or p not in pred_segs:
+                continue
+            if gt_segs[g]["iscrowd"]:
+                continue
+            if gt_segs[g]["category_id"] != pred_segs[p]["category_id"]:
+                continue
+            union = (pred_segs[p]["area"] + gt_segs[g]["area"] - inter
+                     - pairs.get((0, p), 0))
+            if inter / union > 0.5:
+                stat[gt_segs[g]["category_id"]][0] += inter / union
+                stat[gt_segs[g]["category_id"]][1] += 1
+                gt_done.add(g)
+                pred_done.add(p)
+        crowd = {}
+        for g, s in gt_segs.items():
+            if g in gt_done:
+                continue
+            if s["iscrowd"]:
+                crowd[s["category_id"]] = g
+                continue
+            stat[s["category_id"]][3] += 1
+        for p, s in pred_segs.items():
+            if p in pred_done:
+                continue
+            covered = pairs.get((0, p), 0)
+            if s["category_id"] in crowd:
+                covered += pairs.get((crowd[s["category_id"]], p), 0)
+            if covered / s["area"] > 0.5:
+                continue
+            stat[s["category_id"]][2] += 1
+    out = {}
+    for group, want in (("All", None), ("Things", 1), ("Stuff", 0)):
+        values = []
+        for c, (iou, tp, fp, fn) in stat.items():
+            if want is not None and isthing[c] != want:
+                continue
+            if tp + fp + fn == 0:
+                continue
+            values.append((iou / (tp + fp / 2 + fn / 2),
+                           iou / tp if tp else 0.0, tp / (tp + fp / 2 + fn / 2)))
+        n = len(values)
+        out[group] = {"pq": sum(v[0] for v in values) / n,
+                      "sq": sum(v[1] for v in values) / n,
+                      "rq": sum(v[2] for v in values) / n, "n": n}
+    return out
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    rng = np.random.RandomState(7)
+    pairs = [random_pair(rng, h, w) for h, w in
+             [(24, 32), (24, 32), (24, 32), (17, 40), (17, 40), (30, 30)]]
+    directory = str(tmp_path_factory.mktemp("pq"))
+    return pairs, write_dataset(directory, pairs), directory
+
+
+def test_command_agrees_with_streaming_and_brute_force(files):
+    import json as json_lib
+    import subprocess
+    import sys
+
+    pairs, (gt_json, gt_dir, pred_json, pred_dir), directory = files
+    output = f"{directory}/pq.json"
+    run = subprocess.run(
+        [sys.executable, "-m", "max_deeplab_tf.evaluation.panoptic_quality",
+         "--gt_json", gt_json, "--gt_dir", gt_dir, "--pred_json", pred_json,
+         "--pred_dir", pred_dir, "--output_json", output, "--workers", "2"],
+        capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert "PQ" in run.stdout and "Things" in run.stdout
+    command = json_lib.load(open(output))
+
+    metric = streaming.PanopticQuality(COCO_DESCRIPTOR)
+    for size in sorted({p[0].shape for p in pairs}):
+        batch = [p for p in pairs if p[0].shape == size]
+        metric.update_state(np.stack([p[0] for p in batch]),
+                            np.stack([p[1] for p in batch]))
+    stream = metric.result()
+    reference = brute_force_pq(gt_json, gt_dir, pred_json, pred_dir)
+
+    for group in ("All", "Things", "Stuff"):
+        assert command[group]["n"] == reference[group]["n"] > 0
+        assert stream[group]["n"] == reference[group]["n"]
+        for metric_name in ("pq", "sq", "rq"):
+            assert command[group][metric_name] == pytest.approx(
+                reference[group][metric_name], abs=1e-9)
+            assert stream[group][metric_name] == pytest.approx(
+                reference[group][metric_name], abs=1e-6)
+    assert set(command["per_class"]) == set(stream["per_class"])
+    assert set(command["per_class"]) <= {str(c) for c in CATEGORY.values()}
+    # The data exercises every rule: matches, misses, crowd, void.
+    totals = {k: sum(v[k] for v in command["per_class"].values())
+              for k in ("tp", "fp", "fn")}
+    assert min(totals.values()) > 0
+
+
+def test_one_worker_gives_the_same_result(files):
+    _, (gt_json, gt_dir, pred_json, pred_dir), _ = files
+    one = panoptic_quality.evaluate(gt_json, gt_dir, pred_json, pred_dir,
+                                    workers=1)
+    reference = brute_force_pq(gt_json, gt_dir, pred_json, pred_dir)
+    assert one["All"]["pq"] == pytest.approx(reference["All"]["pq"], abs=1e-9)
+
+
+def _edit_json(path, edit):
+    import json as json_lib
+
+    data = json_lib.load(open(path))
+    edit(data)
+    json_lib.dump(data, open(path, "w"))
+
+
+@pytest.mark.parametrize("problem, message", [
+    ("png_id_not_in_json", "in the PNG but not in"),
+    ("json_id_not_in_png", "in the JSON but not in the PNG"),
+    ("duplicate_id", "more than once"),
+    ("unknown_category", "unknown category_id 99"),
+    ("size_mismatch", "but its ground truth"),
+    ("missing_prediction", "no prediction for 1 ground-truth image"),
+    ("not_rgb", "expected an RGB PNG"),
+    ("not_json", "not a JSON"),
+])
+def test_malformed_input_is_rejected(tmp_path, problem, message):
+    from PIL import Image
+
+    rng = np.random.RandomState(3)
+    gt_json, gt_dir, pred_json, pred_dir = write_dataset(
+        str(tmp_path), [random_pair(rng, 20, 24), random_pair(rng, 20, 24)])
+    first = lambda data: data["annotations"][0]["segments_info"]  # noqa
+    if problem == "png_id_not_in_json":
+        _edit_json(pred_json, lambda d: first(d).pop())
+    elif problem == "json_id_not_in_png":
+        _edit_json(pred_json, lambda d: first(d).append(
+            {"id": 4242, "category_id": 7}))
+    elif problem == "duplicate_id":
+        _edit_json(gt_json, lambda d: first(d).append(dict(first(d)[0])))
+    elif problem == "unknown_category":
+        _edit_json(pred_json, lambda d: first(d)[0].update(category_id=99))
+    elif problem == "size_mismatch":
+        Image.new("RGB", (24, 21)).save(f"{pred_dir}/img1.png")
+    elif problem == "missing_prediction":
+        _edit_json(pred_json, lambda d: d["annotations"].pop())
+    elif problem == "not_rgb":
+        Image.new("L", (24, 20)).save(f"{pred_dir}/img0.png")
+    elif problem == "not_json":
+        open(pred_json, "w").write("{not json")
+    with pytest.raises(panoptic_quality.PanopticInputError, match=message):
+        panoptic_quality.evaluate(gt_json, gt_dir, pred_json, pred_dir,
+                                  workers=1)
+
+
+def test_command_reports_errors_with_exit_status(tmp_path, capsys):
+    rng = np.random.RandomState(4)
+    gt_json, gt_dir, pred_json, pred_dir = write_dataset(
+        str(tmp_path), [random_pair(rng, 12, 12)])
+    status = panoptic_quality.main([
+        "--gt_json", gt_json, "--gt_dir", gt_dir, "--pred_json",
+        f"{tmp_path}/absent.json", "--pred_dir", pred_dir, "--workers", "1"])
+    assert status == 2
+    assert "absent.json: file not found" in capsys.readouterr().err
