@@ -85,6 +85,116 @@ class DatasetDescriptor:
         return cls(**fields)
 
 
+VOID_NAME = "void"
+VOID_COLOR = (0, 0, 0)
+
+
+def _default_color(index: int) -> Tuple[int, int, int]:
+    """A distinct, deterministic colour for classes whose JSON has none."""
+    # Golden-ratio hue steps keep neighbouring ids apart.
+    import colorsys
+    hue = (index * 0.618033988749895) % 1.0
+    r, g, b = colorsys.hsv_to_rgb(hue, 0.65, 0.95)
+    return (int(r * 255), int(g * 255), int(b * 255))
+
+
+def descriptor_from_coco_categories(categories: Sequence[dict], name: str,
+                                    label_divisor: int = 256,
+                                    source: str = "categories"
+                                    ) -> DatasetDescriptor:
+    """Derives a descriptor from COCO panoptic `categories` JSON entries.
+
+    The categories, sorted by their `id`, become the contiguous semantic ids
+    1..N; void is 0. For COCO panoptic this is exactly deeplab2's mapping
+    (things 1..80, stuff 81..133), because COCO numbers its things before
+    its stuff.
+
+    Args:
+      categories: Dicts with `id` (int), `name` (str), `isthing` (0/1) and
+        optionally `color` ([r, g, b]).
+      name: Name of the dataset.
+      label_divisor: panoptic = semantic * label_divisor + instance.
+      source: What the categories were read from, for error messages.
+
+    Returns:
+      The descriptor, with class_names, colormap and category_ids filled.
+
+    Raises:
+      ValueError: naming `source` and the offending entry, on a missing or
+        malformed field, a duplicate id or an empty list.
+    """
+    if not isinstance(categories, (list, tuple)) or not categories:
+        raise ValueError(f"{source}: expected a non-empty list of categories, "
+                         f"got {categories!r:.200}")
+    parsed = []
+    for index, category in enumerate(categories):
+        where = f"{source}: category #{index}"
+        if not isinstance(category, dict):
+            raise ValueError(f"{where} is not a JSON object: {category!r:.200}")
+        for field in ("id", "name", "isthing"):
+            if field not in category:
+                raise ValueError(f"{where} ({category!r:.200}) lacks "
+                                 f"field {field!r}")
+        cid = category["id"]
+        if isinstance(cid, bool) or not isinstance(cid, int):
+            raise ValueError(f"{where}: id {cid!r} is not an integer")
+        if category["isthing"] not in (0, 1, True, False):
+            raise ValueError(f"{where} (id {cid}): isthing "
+                             f"{category['isthing']!r} is not 0 or 1")
+        color = category.get("color")
+        if color is not None:
+            if (not isinstance(color, (list, tuple)) or len(color) != 3 or
+                    not all(isinstance(c, int) and 0 <= c <= 255
+                            for c in color)):
+                raise ValueError(f"{where} (id {cid}): color {color!r} is not "
+                                 "[r, g, b] with values in 0..255")
+            color = tuple(color)
+        parsed.append((cid, str(category["name"]), bool(category["isthing"]),
+                       color))
+    parsed.sort(key=lambda c: c[0])
+    ids = [c[0] for c in parsed]
+    duplicates = sorted({i for i in ids if ids.count(i) > 1})
+    if duplicates:
+        raise ValueError(f"{source}: duplicate category id(s) {duplicates}")
+    if label_divisor < 2:
+        raise ValueError(f"label_divisor {label_divisor} must be at least 2")
+    class_names = (VOID_NAME,) + tuple(c[1] for c in parsed)
+    colormap = (VOID_COLOR,) + tuple(
+        c[3] if c[3] is not None else _default_color(i + 1)
+        for i, c in enumerate(parsed))
+    return DatasetDescriptor(
+        name=name,
+        num_classes=len(parsed) + 1,
+        ignore_label=0,
+        label_divisor=int(label_divisor),
+        thing_class_ids=tuple(i + 1 for i, c in enumerate(parsed) if c[2]),
+        class_names=class_names,
+        colormap=colormap,
+        category_ids=(-1,) + tuple(ids))
+
+
+def category_to_class(descriptor: DatasetDescriptor) -> Dict[int, int]:
+    """Maps source category ids to semantic ids (void excluded).
+
+    Raises:
+      ValueError: if the descriptor has no category_ids.
+    """
+    if not descriptor.category_ids:
+        raise ValueError(f"dataset {descriptor.name!r}: descriptor has no "
+                         "category_ids")
+    return {cid: i for i, cid in enumerate(descriptor.category_ids)
+            if i != descriptor.ignore_label}
+
+
+def same_classes(a: DatasetDescriptor, b: DatasetDescriptor) -> bool:
+    """True when two descriptors label pixels identically (names aside)."""
+    return (a.num_classes == b.num_classes and
+            a.ignore_label == b.ignore_label and
+            a.label_divisor == b.label_divisor and
+            tuple(a.thing_class_ids) == tuple(b.thing_class_ids) and
+            tuple(a.category_ids) == tuple(b.category_ids))
+
+
 _REGISTRY: Dict[str, DatasetDescriptor] = {}
 
 
@@ -95,6 +205,8 @@ def register(descriptor: DatasetDescriptor) -> DatasetDescriptor:
 
 
 def registered_names() -> Sequence[str]:
+    """Names of the built-in (and otherwise registered) descriptors."""
+    _register_builtins()
     return tuple(sorted(_REGISTRY))
 
 
@@ -118,10 +230,15 @@ def get_dataset_descriptor(name_or_path: str) -> DatasetDescriptor:
         "JSON written by max_deeplab_tf.data.build_coco_panoptic")
 
 
+_BUILTINS_LOADED = False
+
+
 def _register_builtins() -> None:
     # Imported lazily: the built-in tables are long.
-    if _REGISTRY:
+    global _BUILTINS_LOADED
+    if _BUILTINS_LOADED:
         return
+    _BUILTINS_LOADED = True
     from max_deeplab_tf.data import builtin_datasets  # noqa: F401
 
 
