@@ -1,0 +1,452 @@
+"""Convolution + batch norm + activation building blocks.
+
+The 2D convolutions pad like deeplab2 (and TF1 DeepLab): a strided
+convolution pads its input explicitly and symmetrically, (k - 1) // 2 on the
+top-left and the rest on the bottom-right, so that with inputs of size
+k * stride + 1 the kernel centres stay aligned with the input's corner pixels;
+Keras's 'same' padding would put the extra row at the bottom-right. Stride-1
+convolutions use 'same' padding, which is then symmetric.
+
+Attribute names (`_conv`, `_batch_norm`, `_depthwise`, `_pointwise`,
+`_conv1_bn_act`, ...) follow deeplab2 so that checkpoint keys line up.
+"""
+
+from typing import Any, Dict, Optional
+
+import keras
+import tensorflow as tf
+
+from max_deeplab_tf.layers import activations
+from max_deeplab_tf.layers import base
+from max_deeplab_tf.layers import normalization
+
+
+def padding_size(kernel_size: int, atrous_rate: int):
+    """(begin, end) explicit padding of a strided convolution."""
+    effective = kernel_size + (kernel_size - 1) * (atrous_rate - 1)
+    total = effective - 1
+    begin = total // 2
+    return begin, total - begin
+
+
+def conv_bn_act_name(index: int, use_bn: bool, activation: Optional[str]) -> str:
+    """deeplab2's attribute name of the index-th conv of a stack."""
+    name = f"_conv{index + 1}"
+    if use_bn:
+        name += "_bn"
+    if not activations.is_identity(activation):
+        name += "_act"
+    return name
+
+
+def _check_bias_and_bn(layer_name: str, use_bias: bool, use_bn: bool):
+    if use_bias and use_bn:
+        raise ValueError(
+            f"{layer_name}: use_bias and use_bn are both set; a bias before "
+            "batch norm is redundant")
+
+
+@keras.saving.register_keras_serializable(package="max_deeplab_tf")
+class Conv2DSame(base.ComposedLayer):
+    """2D convolution with deeplab2's padding, optional batch norm, activation.
+
+    Args:
+      output_channels: Filters of the convolution.
+      kernel_size: Size of the square kernel.
+      strides: Stride of the convolution.
+      atrous_rate: Dilation rate.
+      use_bias: Whether the convolution has a bias (not with use_bn).
+      use_bn: Whether a batch norm follows the convolution.
+      bn_gamma_initializer: Initialiser of the batch norm's gamma.
+      activation: Activation name, None or 'none' for no activation.
+      kernel_initializer: Initialiser of the kernel (deeplab2: he_normal).
+      batch_norm_config: See normalization.default_batch_norm_config.
+
+    Call arguments:
+      inputs: A [batch, height, width, channels] tensor.
+      training: Batch norm mode.
+
+    Returns:
+      A [batch, ceil(height / strides), ceil(width / strides),
+      output_channels] tensor.
+    """
+
+    def __init__(self, output_channels: int, kernel_size: int,
+                 strides: int = 1, atrous_rate: int = 1,
+                 use_bias: bool = True, use_bn: bool = False,
+                 bn_gamma_initializer="ones",
+                 activation: Optional[str] = None,
+                 kernel_initializer="he_normal",
+                 batch_norm_config: Optional[Dict[str, Any]] = None,
+                 **kwargs):
+        super().__init__(**kwargs)
+        _check_bias_and_bn(self.name, use_bias, use_bn)
+        self.output_channels = int(output_channels)
+        self.kernel_size = int(kernel_size)
+        self.strides = int(strides)
+        self.atrous_rate = int(atrous_rate)
+        self.use_bias = use_bias
+        self.use_bn = use_bn
+        self.bn_gamma_initializer = keras.initializers.get(bn_gamma_initializer)
+        self.activation = activation
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.batch_norm_config = normalization.default_batch_norm_config(
+            batch_norm_config)
+        if self.strides == 1:
+            self._padding = None
+            conv_padding = "same"
+        else:
+            self._padding = padding_size(self.kernel_size, self.atrous_rate)
+            conv_padding = "valid"
+        self._conv = keras.layers.Conv2D(
+            self.output_channels, self.kernel_size, strides=self.strides,
+            padding=conv_padding, use_bias=use_bias,
+            dilation_rate=self.atrous_rate,
+            kernel_initializer=self.kernel_initializer, name="conv")
+        if use_bn:
+            self._batch_norm = normalization.batch_norm(
+                axis=3, name="batch_norm",
+                gamma_initializer=self.bn_gamma_initializer,
+                batch_norm_config=self.batch_norm_config)
+        self._activation_fn = activations.get_activation(activation)
+
+    def call(self, inputs, training=None):
+        x = inputs
+        if self._padding is not None:
+            begin, end = self._padding
+            x = tf.pad(x, [[0, 0], [begin, end], [begin, end], [0, 0]])
+        x = self._conv(x)
+        if self.use_bn:
+            x = self._batch_norm(x, training=training)
+        return self._activation_fn(x)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({
+            "output_channels": self.output_channels,
+            "kernel_size": self.kernel_size,
+            "strides": self.strides,
+            "atrous_rate": self.atrous_rate,
+            "use_bias": self.use_bias,
+            "use_bn": self.use_bn,
+            "bn_gamma_initializer": keras.initializers.serialize(
+                self.bn_gamma_initializer),
+            "activation": self.activation,
+            "kernel_initializer": keras.initializers.serialize(
+                self.kernel_initializer),
+            "batch_norm_config": dict(self.batch_norm_config),
+        })
+        return config
+
+
+@keras.saving.register_keras_serializable(package="max_deeplab_tf")
+class DepthwiseConv2DSame(base.ComposedLayer):
+    """Depthwise 2D convolution with deeplab2's padding, batch norm, activation.
+
+    Args:
+      kernel_size: Size of the square kernel.
+      strides: Stride.
+      atrous_rate: Dilation rate.
+      use_bias: Whether the convolution has a bias (not with use_bn).
+      use_bn: Whether a batch norm follows.
+      activation: Activation name or None.
+      batch_norm_config: See normalization.default_batch_norm_config.
+
+    Call arguments:
+      inputs: A [batch, height, width, channels] tensor.
+      training: Batch norm mode.
+
+    Returns:
+      A [batch, ceil(height / strides), ceil(width / strides), channels]
+      tensor.
+    """
+
+    def __init__(self, kernel_size: int, strides: int = 1,
+                 atrous_rate: int = 1, use_bias: bool = True,
+                 use_bn: bool = False, activation: Optional[str] = None,
+                 batch_norm_config: Optional[Dict[str, Any]] = None,
+                 **kwargs):
+        super().__init__(**kwargs)
+        _check_bias_and_bn(self.name, use_bias, use_bn)
+        self.kernel_size = int(kernel_size)
+        self.strides = int(strides)
+        self.atrous_rate = int(atrous_rate)
+        self.use_bias = use_bias
+        self.use_bn = use_bn
+        self.activation = activation
+        self.batch_norm_config = normalization.default_batch_norm_config(
+            batch_norm_config)
+        if self.strides == 1:
+            self._padding = None
+            conv_padding = "same"
+        else:
+            self._padding = padding_size(self.kernel_size, self.atrous_rate)
+            conv_padding = "valid"
+        self._depthwise_conv = keras.layers.DepthwiseConv2D(
+            kernel_size=self.kernel_size, strides=self.strides,
+            padding=conv_padding, use_bias=use_bias,
+            dilation_rate=self.atrous_rate, name="depthwise_conv")
+        if use_bn:
+            self._batch_norm = normalization.batch_norm(
+                axis=3, name="batch_norm",
+                batch_norm_config=self.batch_norm_config)
+        self._activation_fn = activations.get_activation(activation)
+
+    def call(self, inputs, training=None):
+        x = inputs
+        if self._padding is not None:
+            begin, end = self._padding
+            x = tf.pad(x, [[0, 0], [begin, end], [begin, end], [0, 0]])
+        x = self._depthwise_conv(x)
+        if self.use_bn:
+            x = self._batch_norm(x, training=training)
+        return self._activation_fn(x)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({
+            "kernel_size": self.kernel_size,
+            "strides": self.strides,
+            "atrous_rate": self.atrous_rate,
+            "use_bias": self.use_bias,
+            "use_bn": self.use_bn,
+            "activation": self.activation,
+            "batch_norm_config": dict(self.batch_norm_config),
+        })
+        return config
+
+
+@keras.saving.register_keras_serializable(package="max_deeplab_tf")
+class SeparableConv2DSame(base.ComposedLayer):
+    """Depthwise conv (+BN+act) followed by a 1x1 conv (+BN+act).
+
+    Args:
+      output_channels: Filters of the pointwise convolution.
+      kernel_size: Depthwise kernel size.
+      strides: Depthwise stride.
+      atrous_rate: Depthwise dilation rate.
+      use_bias: Whether both convolutions have biases (not with use_bn).
+      use_bn: Whether a batch norm follows each convolution.
+      activation: Activation after each convolution, or None.
+      batch_norm_config: See normalization.default_batch_norm_config.
+
+    Call arguments:
+      inputs: A [batch, height, width, channels] tensor.
+      training: Batch norm mode.
+
+    Returns:
+      A [batch, ceil(height / strides), ceil(width / strides),
+      output_channels] tensor.
+    """
+
+    def __init__(self, output_channels: int, kernel_size: int,
+                 strides: int = 1, atrous_rate: int = 1,
+                 use_bias: bool = True, use_bn: bool = False,
+                 activation: Optional[str] = None,
+                 batch_norm_config: Optional[Dict[str, Any]] = None,
+                 **kwargs):
+        super().__init__(**kwargs)
+        _check_bias_and_bn(self.name, use_bias, use_bn)
+        self.output_channels = int(output_channels)
+        self.kernel_size = int(kernel_size)
+        self.strides = int(strides)
+        self.atrous_rate = int(atrous_rate)
+        self.use_bias = use_bias
+        self.use_bn = use_bn
+        self.activation = activation
+        self.batch_norm_config = normalization.default_batch_norm_config(
+            batch_norm_config)
+        self._depthwise = DepthwiseConv2DSame(
+            kernel_size, strides=strides, atrous_rate=atrous_rate,
+            use_bias=use_bias, use_bn=use_bn, activation=activation,
+            batch_norm_config=self.batch_norm_config, name="depthwise")
+        self._pointwise = Conv2DSame(
+            output_channels, 1, use_bias=use_bias, use_bn=use_bn,
+            activation=activation, batch_norm_config=self.batch_norm_config,
+            name="pointwise")
+
+    def call(self, inputs, training=None):
+        x = self._depthwise(inputs, training=training)
+        return self._pointwise(x, training=training)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({
+            "output_channels": self.output_channels,
+            "kernel_size": self.kernel_size,
+            "strides": self.strides,
+            "atrous_rate": self.atrous_rate,
+            "use_bias": self.use_bias,
+            "use_bn": self.use_bn,
+            "activation": self.activation,
+            "batch_norm_config": dict(self.batch_norm_config),
+        })
+        return config
+
+
+CONV_TYPES = ("standard_conv", "depthwise_separable_conv")
+
+
+@keras.saving.register_keras_serializable(package="max_deeplab_tf")
+class StackedConv2DSame(base.ComposedLayer):
+    """`num_layers` Conv2DSame or SeparableConv2DSame applied in sequence.
+
+    The i-th convolution is the attribute `_conv{i}[_bn][_act]`, as deeplab2.
+
+    Args:
+      num_layers: Number of convolutions.
+      conv_type: 'standard_conv' or 'depthwise_separable_conv'.
+      output_channels: Filters of each convolution.
+      kernel_size: Kernel size of each convolution.
+      strides: Stride of each convolution.
+      atrous_rate: Dilation rate of each convolution.
+      use_bias: Whether convolutions have biases (not with use_bn).
+      use_bn: Whether each convolution is followed by batch norm.
+      activation: Activation after each convolution, or None.
+      batch_norm_config: See normalization.default_batch_norm_config.
+
+    Call arguments:
+      inputs: A [batch, height, width, channels] tensor.
+      training: Batch norm mode.
+
+    Returns:
+      A [batch, height', width', output_channels] tensor.
+    """
+
+    def __init__(self, num_layers: int, conv_type: str, output_channels: int,
+                 kernel_size: int, strides: int = 1, atrous_rate: int = 1,
+                 use_bias: bool = True, use_bn: bool = False,
+                 activation: Optional[str] = None,
+                 batch_norm_config: Optional[Dict[str, Any]] = None,
+                 **kwargs):
+        super().__init__(**kwargs)
+        if conv_type == "standard_conv":
+            conv_class = Conv2DSame
+        elif conv_type == "depthwise_separable_conv":
+            conv_class = SeparableConv2DSame
+        else:
+            raise ValueError(
+                f"{self.name}: conv_type {conv_type!r} is not one of "
+                f"{list(CONV_TYPES)}")
+        self.num_layers = int(num_layers)
+        self.conv_type = conv_type
+        self.output_channels = int(output_channels)
+        self.kernel_size = int(kernel_size)
+        self.strides = int(strides)
+        self.atrous_rate = int(atrous_rate)
+        self.use_bias = use_bias
+        self.use_bn = use_bn
+        self.activation = activation
+        self.batch_norm_config = normalization.default_batch_norm_config(
+            batch_norm_config)
+        self._conv_names = []
+        for index in range(self.num_layers):
+            attribute = conv_bn_act_name(index, use_bn, activation)
+            setattr(self, attribute, conv_class(
+                output_channels, kernel_size, strides=strides,
+                atrous_rate=atrous_rate, use_bias=use_bias, use_bn=use_bn,
+                activation=activation, batch_norm_config=self.batch_norm_config,
+                name=attribute[1:]))
+            self._conv_names.append(attribute)
+
+    def call(self, inputs, training=None):
+        x = inputs
+        for attribute in self._conv_names:
+            x = getattr(self, attribute)(x, training=training)
+        return x
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({
+            "num_layers": self.num_layers,
+            "conv_type": self.conv_type,
+            "output_channels": self.output_channels,
+            "kernel_size": self.kernel_size,
+            "strides": self.strides,
+            "atrous_rate": self.atrous_rate,
+            "use_bias": self.use_bias,
+            "use_bn": self.use_bn,
+            "activation": self.activation,
+            "batch_norm_config": dict(self.batch_norm_config),
+        })
+        return config
+
+
+@keras.saving.register_keras_serializable(package="max_deeplab_tf")
+class Conv1DBN(base.ComposedLayer):
+    """1D convolution (kernel 1 by default), optional batch norm, activation.
+
+    Used on [batch, length, channels] sequences: the memory path of the
+    dual-path transformer and the heads on the memory.
+
+    Args:
+      output_channels: Filters.
+      use_bias: Whether the convolution has a bias (not with use_bn).
+      use_bn: Whether a batch norm (over the channel axis) follows.
+      bn_gamma_initializer: Initialiser of the batch norm's gamma.
+      activation: Activation name or None.
+      kernel_initializer: Initialiser of the kernel.
+      kernel_size: Kernel size.
+      padding: 'valid' or 'same'.
+      batch_norm_config: See normalization.default_batch_norm_config.
+
+    Call arguments:
+      inputs: A [batch, length, channels] tensor.
+      training: Batch norm mode.
+
+    Returns:
+      A [batch, length', output_channels] tensor.
+    """
+
+    def __init__(self, output_channels: int, use_bias: bool = True,
+                 use_bn: bool = False, bn_gamma_initializer="ones",
+                 activation: Optional[str] = None,
+                 kernel_initializer="he_normal", kernel_size: int = 1,
+                 padding: str = "valid",
+                 batch_norm_config: Optional[Dict[str, Any]] = None,
+                 **kwargs):
+        super().__init__(**kwargs)
+        _check_bias_and_bn(self.name, use_bias, use_bn)
+        self.output_channels = int(output_channels)
+        self.use_bias = use_bias
+        self.use_bn = use_bn
+        self.bn_gamma_initializer = keras.initializers.get(bn_gamma_initializer)
+        self.activation = activation
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.kernel_size = int(kernel_size)
+        self.padding = padding
+        self.batch_norm_config = normalization.default_batch_norm_config(
+            batch_norm_config)
+        self._conv = keras.layers.Conv1D(
+            self.output_channels, kernel_size=self.kernel_size, strides=1,
+            padding=padding, use_bias=use_bias,
+            kernel_initializer=self.kernel_initializer, name="conv")
+        if use_bn:
+            self._batch_norm = normalization.batch_norm(
+                axis=2, name="batch_norm",
+                gamma_initializer=self.bn_gamma_initializer,
+                batch_norm_config=self.batch_norm_config)
+        self._activation_fn = activations.get_activation(activation)
+
+    def call(self, inputs, training=None):
+        x = self._conv(inputs)
+        if self.use_bn:
+            x = self._batch_norm(x, training=training)
+        return self._activation_fn(x)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({
+            "output_channels": self.output_channels,
+            "use_bias": self.use_bias,
+            "use_bn": self.use_bn,
+            "bn_gamma_initializer": keras.initializers.serialize(
+                self.bn_gamma_initializer),
+            "activation": self.activation,
+            "kernel_initializer": keras.initializers.serialize(
+                self.kernel_initializer),
+            "kernel_size": self.kernel_size,
+            "padding": self.padding,
+            "batch_norm_config": dict(self.batch_norm_config),
+        })
+        return config

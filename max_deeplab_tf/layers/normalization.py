@@ -1,0 +1,262 @@
+"""Batch normalisation over one or several axes, synchronised across replicas.
+
+deeplab2 normalises attention similarities and retrieved values over several
+axes at once (tf.keras's BatchNormalization accepted a list of axes): for
+example the three stacked similarity terms of an 8-head axial attention,
+[3, batch, 8, length, length], are normalised with one gamma/beta/statistic
+per (term, head), i.e. variables of shape [3, 1, 8, 1, 1]. Keras 3's
+BatchNormalization takes a single axis, so `MultiAxisBatchNormalization`
+provides the multi-axis case with the same four variables and shapes.
+
+`batch_norm(...)` is the factory every layer of this package uses: Keras's own
+BatchNormalization (synchronized=True by default, as deeplab2's
+SyncBatchNormalization) for one axis, MultiAxisBatchNormalization otherwise.
+Its options travel as a plain dict, `batch_norm_config`, so that every layer
+stays serialisable.
+"""
+
+from typing import Any, Dict, Optional, Sequence, Union
+
+import keras
+import tensorflow as tf
+
+# deeplab2's defaults (trainer_options.solver_options).
+DEFAULT_MOMENTUM = 0.99
+DEFAULT_EPSILON = 1e-3
+
+
+def default_batch_norm_config(config: Optional[Dict[str, Any]] = None
+                              ) -> Dict[str, Any]:
+    """Completes a batch-norm option dict with deeplab2's defaults.
+
+    Args:
+      config: None or a dict with any of 'momentum', 'epsilon',
+        'synchronized'.
+
+    Returns:
+      A new dict with all three keys.
+
+    Raises:
+      ValueError: on an unknown key.
+    """
+    result = {"momentum": DEFAULT_MOMENTUM, "epsilon": DEFAULT_EPSILON,
+              "synchronized": True}
+    if config:
+        unknown = sorted(set(config) - set(result))
+        if unknown:
+            raise ValueError(
+                f"batch_norm_config has unknown key(s) {unknown}; expected "
+                f"{sorted(result)}")
+        result.update(config)
+    return result
+
+
+@keras.saving.register_keras_serializable(package="max_deeplab_tf")
+class MultiAxisBatchNormalization(keras.layers.Layer):
+    """Batch normalisation with one set of statistics per entry of `axis`.
+
+    The statistics are reduced over every axis not in `axis`. With a single
+    axis the variables have shape [channels] (as keras.layers.
+    BatchNormalization); with several they keep the input's rank with 1 on the
+    reduced axes, e.g. axis=[0, 2] on a [3, batch, 8, length, length] input
+    gives gamma, beta, moving_mean and moving_variance of shape
+    [3, 1, 8, 1, 1].
+
+    In training with `synchronized=True` inside a tf.distribute replica
+    context of more than one replica, the per-replica sums of x and x^2 and
+    the element counts are all-reduced, so every replica normalises with the
+    statistics of the global batch (the moving statistics then agree across
+    replicas too). Float16/bfloat16 inputs are normalised in float32.
+
+    Args:
+      axis: An int or a list of ints, the axes that keep their own statistics.
+      momentum: Momentum of the moving statistics.
+      epsilon: Added to the variance.
+      center: Whether to learn an offset beta.
+      scale: Whether to learn a scale gamma.
+      beta_initializer, gamma_initializer, moving_mean_initializer,
+        moving_variance_initializer: Keras initialisers.
+      synchronized: Whether training statistics are all-reduced across
+        replicas.
+
+    Call arguments:
+      inputs: A tensor of any rank greater than every entry of `axis`.
+      training: Whether to normalise with the batch statistics (and update
+        the moving statistics) or with the moving statistics.
+
+    Returns:
+      A tensor of the input's shape, in the layer's compute dtype.
+    """
+
+    def __init__(self, axis: Union[int, Sequence[int]] = -1,
+                 momentum: float = DEFAULT_MOMENTUM,
+                 epsilon: float = DEFAULT_EPSILON, center: bool = True,
+                 scale: bool = True, beta_initializer="zeros",
+                 gamma_initializer="ones", moving_mean_initializer="zeros",
+                 moving_variance_initializer="ones",
+                 synchronized: bool = True, **kwargs):
+        super().__init__(**kwargs)
+        self.axis = [int(axis)] if isinstance(axis, int) else [
+            int(a) for a in axis]
+        if not self.axis:
+            raise ValueError("MultiAxisBatchNormalization: axis is empty")
+        self.momentum = float(momentum)
+        self.epsilon = float(epsilon)
+        self.center = center
+        self.scale = scale
+        self.beta_initializer = keras.initializers.get(beta_initializer)
+        self.gamma_initializer = keras.initializers.get(gamma_initializer)
+        self.moving_mean_initializer = keras.initializers.get(
+            moving_mean_initializer)
+        self.moving_variance_initializer = keras.initializers.get(
+            moving_variance_initializer)
+        self.synchronized = synchronized
+        self.supports_masking = True
+
+    def build(self, input_shape):
+        rank = len(input_shape)
+        axes = sorted({a % rank for a in self.axis})
+        if len(axes) != len(self.axis) or any(
+                not -rank <= a < rank for a in self.axis):
+            raise ValueError(
+                f"{self.name}: axis {self.axis} is invalid for an input of "
+                f"shape {tuple(input_shape)}")
+        for a in axes:
+            if input_shape[a] is None:
+                raise ValueError(
+                    f"{self.name}: axis {a} of input shape "
+                    f"{tuple(input_shape)} must be known to build the layer")
+        self._axes = axes
+        self._reduction_axes = [a for a in range(rank) if a not in axes]
+        self._broadcast_shape = [
+            input_shape[a] if a in axes else 1 for a in range(rank)]
+        if len(axes) == 1:
+            shape = (input_shape[axes[0]],)
+        else:
+            shape = tuple(self._broadcast_shape)
+        if self.scale:
+            self.gamma = self.add_weight(
+                shape=shape, name="gamma", initializer=self.gamma_initializer,
+                trainable=True, autocast=False)
+        if self.center:
+            self.beta = self.add_weight(
+                shape=shape, name="beta", initializer=self.beta_initializer,
+                trainable=True, autocast=False)
+        # MEAN aggregation lets replicas assign the moving statistics under
+        # a MirroredStrategy; synchronised statistics are equal anyway.
+        self.moving_mean = self.add_weight(
+            shape=shape, name="moving_mean",
+            initializer=self.moving_mean_initializer, trainable=False,
+            autocast=False, aggregation="mean")
+        self.moving_variance = self.add_weight(
+            shape=shape, name="moving_variance",
+            initializer=self.moving_variance_initializer, trainable=False,
+            autocast=False, aggregation="mean")
+
+    def _moments(self, x):
+        replica_context = tf.distribute.get_replica_context()
+        if (self.synchronized and replica_context is not None
+                and replica_context.num_replicas_in_sync > 1):
+            axes = self._reduction_axes
+            local_sum = tf.reduce_sum(x, axis=axes, keepdims=True)
+            local_squared_sum = tf.reduce_sum(
+                tf.square(x), axis=axes, keepdims=True)
+            shape = tf.shape(x)
+            local_count = tf.cast(
+                tf.reduce_prod(tf.gather(shape, axes)), x.dtype)
+            total_sum, total_squared_sum, count = replica_context.all_reduce(
+                tf.distribute.ReduceOp.SUM,
+                [local_sum, local_squared_sum, local_count])
+            mean = tf.math.divide_no_nan(total_sum, count)
+            variance = tf.maximum(
+                tf.math.divide_no_nan(total_squared_sum, count)
+                - tf.square(mean), 0.0)
+            return mean, variance
+        return tf.nn.moments(x, axes=self._reduction_axes, keepdims=True)
+
+    def call(self, inputs, training=None):
+        input_dtype = keras.backend.standardize_dtype(inputs.dtype)
+        compute_dtype = ("float32" if input_dtype in ("float16", "bfloat16")
+                         else input_dtype)
+        x = tf.cast(inputs, compute_dtype)
+        shape = self._broadcast_shape
+        gamma = (tf.reshape(tf.cast(self.gamma, compute_dtype), shape)
+                 if self.scale else None)
+        beta = (tf.reshape(tf.cast(self.beta, compute_dtype), shape)
+                if self.center else None)
+        if training and self.trainable:
+            mean, variance = self._moments(x)
+            param_shape = self.moving_mean.shape
+            momentum = self.momentum
+            self.moving_mean.assign(
+                self.moving_mean * momentum
+                + tf.reshape(tf.cast(mean, self.moving_mean.dtype),
+                             param_shape) * (1.0 - momentum))
+            self.moving_variance.assign(
+                self.moving_variance * momentum
+                + tf.reshape(tf.cast(variance, self.moving_variance.dtype),
+                             param_shape) * (1.0 - momentum))
+        else:
+            mean = tf.reshape(tf.cast(self.moving_mean, compute_dtype), shape)
+            variance = tf.reshape(
+                tf.cast(self.moving_variance, compute_dtype), shape)
+        outputs = tf.nn.batch_normalization(
+            x, mean, variance, offset=beta, scale=gamma,
+            variance_epsilon=self.epsilon)
+        return tf.cast(outputs, self.compute_dtype)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({
+            "axis": list(self.axis),
+            "momentum": self.momentum,
+            "epsilon": self.epsilon,
+            "center": self.center,
+            "scale": self.scale,
+            "beta_initializer": keras.initializers.serialize(
+                self.beta_initializer),
+            "gamma_initializer": keras.initializers.serialize(
+                self.gamma_initializer),
+            "moving_mean_initializer": keras.initializers.serialize(
+                self.moving_mean_initializer),
+            "moving_variance_initializer": keras.initializers.serialize(
+                self.moving_variance_initializer),
+            "synchronized": self.synchronized,
+        })
+        return config
+
+
+def batch_norm(axis: Union[int, Sequence[int]] = -1, name: Optional[str] = None,
+               gamma_initializer="ones",
+               batch_norm_config: Optional[Dict[str, Any]] = None
+               ) -> keras.layers.Layer:
+    """Creates the batch-norm layer deeplab2 would use here.
+
+    Args:
+      axis: The axis (int) or axes (list) that keep their own statistics.
+      name: Layer name.
+      gamma_initializer: Initialiser of gamma, e.g. 'zeros' for the last norm
+        of a residual branch.
+      batch_norm_config: Dict with 'momentum', 'epsilon', 'synchronized'
+        (see `default_batch_norm_config`).
+
+    Returns:
+      keras.layers.BatchNormalization for a single axis (synchronised across
+      replicas unless batch_norm_config says otherwise), else a
+      MultiAxisBatchNormalization.
+    """
+    config = default_batch_norm_config(batch_norm_config)
+    if not isinstance(axis, int) and len(axis) == 1:
+        axis = int(axis[0])
+    if isinstance(axis, int):
+        return keras.layers.BatchNormalization(
+            axis=axis, momentum=config["momentum"], epsilon=config["epsilon"],
+            gamma_initializer=gamma_initializer,
+            synchronized=config["synchronized"], name=name)
+    return MultiAxisBatchNormalization(
+        axis=list(axis), momentum=config["momentum"],
+        epsilon=config["epsilon"], gamma_initializer=gamma_initializer,
+        synchronized=config["synchronized"], name=name)

@@ -1,0 +1,209 @@
+"""Which deeplab2 checkpoint tensor fills each variable of our model.
+
+deeplab2's trainer checkpoints `tf.train.Checkpoint(**model.checkpoint_items,
+...)`; its object-based keys are attribute paths, e.g.
+  encoder/_stage5/_block1/_attention/_height_axis/qkv_kernel
+  semantic_last_layer/kernel
+(plus the suffix '/.ATTRIBUTES/VARIABLE_VALUE'). Our layers use deeplab2's
+attribute names and our `MaXDeepLab.checkpoint_items` uses its top-level
+keys, so a variable's deeplab2 key is its attribute path from those items,
+found the way tf.train.Checkpoint finds it (breadth-first, first path wins),
+with Keras 3's own attribute names translated: a convolution's `_kernel` is
+tf.keras's `kernel`, a depthwise convolution's `kernel` is tf.keras's
+`depthwise_kernel`.
+
+    mapping = deeplab2_variable_map(model)           # key -> keras.Variable
+    report = load_deeplab2_checkpoint(model, prefix)  # fills every variable
+
+The mapping covers every weight of the model exactly once; loading checks
+that every non-optimizer tensor of the checkpoint is used and that shapes
+agree, and lists what is unmatched on each side otherwise.
+"""
+
+import collections
+import dataclasses
+import re
+from typing import Dict, List, Sequence
+
+import keras
+import tensorflow as tf
+
+VALUE_SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
+# Checkpoint keys that are not model weights.
+NON_MODEL_PREFIXES = ("optimizer/", "backbone_optimizer/", "global_step",
+                      "save_counter", "_CHECKPOINTABLE_OBJECT_GRAPH")
+_RENAMES = (
+    (re.compile(r"/_depthwise_conv/kernel$"), "/_depthwise_conv/depthwise_kernel"),
+    (re.compile(r"/_kernel$"), "/kernel"),
+)
+
+
+def _escape(name: str) -> str:
+    # tf.train.Checkpoint's escaping of '.' and '/' inside one name.
+    return name.replace(".", "..").replace("/", ".S")
+
+
+def _trackable_paths(items: Dict[str, object]) -> Dict[int, str]:
+    """Breadth-first attribute path of every object reachable from items."""
+    paths = {}
+    queue = collections.deque()
+    for key, obj in items.items():
+        if id(obj) not in paths:
+            paths[id(obj)] = _escape(key)
+            queue.append(obj)
+    while queue:
+        obj = queue.popleft()
+        if isinstance(obj, (tf.Variable, keras.Variable)):
+            continue
+        try:
+            children = tf.train.TrackableView(obj).children(obj)
+        except (AttributeError, TypeError):
+            continue
+        for name, child in children.items():
+            if id(child) in paths:
+                continue
+            paths[id(child)] = f"{paths[id(obj)]}/{_escape(name)}"
+            queue.append(child)
+    return paths
+
+
+def _deeplab2_key(path: str) -> str:
+    for pattern, replacement in _RENAMES:
+        path = pattern.sub(replacement, path)
+    return path
+
+
+def deeplab2_variable_map(model) -> Dict[str, keras.Variable]:
+    """Maps deeplab2 checkpoint keys (without VALUE_SUFFIX) to our variables.
+
+    Args:
+      model: A built MaXDeepLab or MaXDeepLabBackbone (call it once first).
+
+    Returns:
+      An ordered dict {deeplab2 key: keras.Variable} covering every weight of
+      the model.
+
+    Raises:
+      ValueError: if the model is not built or a weight cannot be reached
+        from model.checkpoint_items.
+    """
+    if not model.built or not model.weights:
+        raise ValueError(
+            "deeplab2_variable_map: build the model first (call it on an "
+            "image batch)")
+    paths = _trackable_paths(model.checkpoint_items)
+    mapping = collections.OrderedDict()
+    unreached = []
+    for variable in model.weights:
+        path = paths.get(id(variable))
+        if path is None:
+            unreached.append(variable.path)
+            continue
+        key = _deeplab2_key(path)
+        if key in mapping:
+            raise ValueError(
+                f"deeplab2_variable_map: {variable.path} and "
+                f"{mapping[key].path} both map to {key}")
+        mapping[key] = variable
+    if unreached:
+        raise ValueError(
+            "deeplab2_variable_map: weights not reachable from "
+            f"model.checkpoint_items: {unreached}")
+    return mapping
+
+
+@dataclasses.dataclass
+class LoadReport:
+    """What load_deeplab2_checkpoint matched.
+
+    Attributes:
+      loaded: deeplab2 keys copied into the model.
+      unused_checkpoint_keys: non-optimizer checkpoint keys with no model
+        variable.
+      missing_model_keys: model keys absent from the checkpoint.
+      shape_mismatches: 'key: checkpoint shape vs model shape' entries.
+      ignored_keys: optimizer and bookkeeping keys that were skipped.
+    """
+
+    loaded: List[str]
+    unused_checkpoint_keys: List[str]
+    missing_model_keys: List[str]
+    shape_mismatches: List[str]
+    ignored_keys: List[str]
+
+    @property
+    def complete(self) -> bool:
+        return not (self.unused_checkpoint_keys or self.missing_model_keys
+                    or self.shape_mismatches)
+
+
+def checkpoint_model_keys(prefix: str,
+                          ignore_prefixes: Sequence[str] = NON_MODEL_PREFIXES
+                          ) -> Dict[str, List[int]]:
+    """The model tensors of a deeplab2 checkpoint: {key: shape}."""
+    result = {}
+    for name, shape in tf.train.list_variables(prefix):
+        if name.startswith(tuple(ignore_prefixes)) or ".OPTIMIZER_SLOT" in name:
+            continue
+        if name.endswith(VALUE_SUFFIX):
+            result[name[:-len(VALUE_SUFFIX)]] = list(shape)
+    return result
+
+
+def load_deeplab2_checkpoint(model, prefix: str, strict: bool = True
+                             ) -> LoadReport:
+    """Copies a deeplab2 checkpoint's weights into a built model.
+
+    Args:
+      model: A built MaXDeepLab / MaXDeepLabBackbone whose architecture is the
+        checkpoint's (same config).
+      prefix: The checkpoint prefix, e.g. '.../ckpt-0' (read through
+        tf.train.load_checkpoint, so gs:// works).
+      strict: Raise unless every model weight is filled exactly once from a
+        tensor of the same shape and every model tensor of the checkpoint is
+        used.
+
+    Returns:
+      A LoadReport.
+
+    Raises:
+      ValueError: in strict mode, listing the unmatched keys on each side and
+        the shape mismatches.
+    """
+    mapping = deeplab2_variable_map(model)
+    reader = tf.train.load_checkpoint(prefix)
+    available = checkpoint_model_keys(prefix)
+    ignored = sorted(name for name, _ in tf.train.list_variables(prefix)
+                     if name[:-len(VALUE_SUFFIX)] not in available)
+    missing = sorted(set(mapping) - set(available))
+    unused = sorted(set(available) - set(mapping))
+    mismatches = []
+    to_load = []
+    for key, variable in mapping.items():
+        if key not in available:
+            continue
+        if list(available[key]) != list(variable.shape):
+            mismatches.append(
+                f"{key}: checkpoint {available[key]} vs model "
+                f"{list(variable.shape)}")
+            continue
+        to_load.append((key, variable))
+    report = LoadReport(loaded=[k for k, _ in to_load],
+                        unused_checkpoint_keys=unused,
+                        missing_model_keys=missing,
+                        shape_mismatches=mismatches, ignored_keys=ignored)
+    if strict and not report.complete:
+        lines = []
+        if missing:
+            lines.append(f"{len(missing)} model variable(s) not in the "
+                         f"checkpoint: {missing}")
+        if unused:
+            lines.append(f"{len(unused)} checkpoint tensor(s) unused: {unused}")
+        if mismatches:
+            lines.append(f"shape mismatches: {mismatches}")
+        raise ValueError(f"{prefix}: cannot load into {model.name}:\n  "
+                         + "\n  ".join(lines))
+    for key, variable in to_load:
+        value = reader.get_tensor(key + VALUE_SUFFIX)
+        variable.assign(tf.cast(value, variable.dtype))
+    return report

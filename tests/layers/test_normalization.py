@@ -1,0 +1,166 @@
+"""Tests for max_deeplab_tf.layers.normalization against numpy batch norm."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from max_deeplab_tf.layers import normalization
+from tests.layers import helpers
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))))
+
+
+def test_variables_have_deeplab2_multi_axis_shapes():
+    layer = normalization.MultiAxisBatchNormalization(axis=[0, 2])
+    layer.build((3, None, 8, 9, 9))
+    for name in ("gamma", "beta", "moving_mean", "moving_variance"):
+        assert tuple(getattr(layer, name).shape) == (3, 1, 8, 1, 1)
+    assert not layer.moving_mean.trainable
+    assert layer.gamma.trainable
+    single = normalization.MultiAxisBatchNormalization(axis=-1)
+    single.build((None, 5, 7))
+    assert tuple(single.gamma.shape) == (7,)
+
+
+def test_inference_uses_moving_statistics_per_axis_entry():
+    rng = np.random.RandomState(0)
+    x = rng.normal(size=(3, 2, 4, 5, 5)).astype(np.float32)
+    layer = normalization.MultiAxisBatchNormalization(axis=[0, 2], epsilon=1e-3)
+    layer.build(x.shape)
+    helpers.randomize_weights(layer)
+    out = layer(x, training=False).numpy()
+    expected = helpers.bn_inference(x.astype(np.float64), layer)
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_training_normalizes_with_batch_moments_and_updates_moving_stats():
+    rng = np.random.RandomState(1)
+    x = rng.normal(2.0, 3.0, size=(2, 6, 4, 3)).astype(np.float32)
+    layer = normalization.MultiAxisBatchNormalization(
+        axis=[1, 3], momentum=0.9, epsilon=1e-3)
+    layer.build(x.shape)
+    helpers.randomize_weights(layer)
+    old_mean = layer.moving_mean.numpy().copy()
+    old_var = layer.moving_variance.numpy().copy()
+    out = layer(x, training=True).numpy()
+    xd = x.astype(np.float64)
+    mean = xd.mean(axis=(0, 2), keepdims=True)
+    var = xd.var(axis=(0, 2), keepdims=True)
+    gamma = layer.gamma.numpy().astype(np.float64)
+    beta = layer.beta.numpy().astype(np.float64)
+    expected = (xd - mean) / np.sqrt(var + 1e-3) * gamma + beta
+    np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(layer.moving_mean.numpy(),
+                               0.9 * old_mean + 0.1 * mean, rtol=1e-5,
+                               atol=1e-6)
+    np.testing.assert_allclose(layer.moving_variance.numpy(),
+                               0.9 * old_var + 0.1 * var, rtol=1e-5,
+                               atol=1e-6)
+
+
+def test_half_precision_is_normalized_in_float32():
+    rng = np.random.RandomState(2)
+    # Values whose squares overflow float16 (max 65504).
+    x = rng.normal(300.0, 1.0, size=(4, 2, 8)).astype(np.float32)
+    layer = normalization.MultiAxisBatchNormalization(
+        axis=[1, 2], dtype="mixed_float16")
+    out = layer(tf.constant(x, tf.float16), training=True)
+    assert out.dtype == tf.float16
+    # Normalising in float16 would overflow x**2; in float32 the result is
+    # that of the float16-rounded input, up to float16 output rounding.
+    xr = x.astype(np.float16).astype(np.float64)
+    reference = (xr - xr.mean(0)) / np.sqrt(xr.var(0) + 1e-3)
+    np.testing.assert_allclose(out.numpy().astype(np.float64), reference,
+                               atol=5e-3)
+
+
+def test_batch_norm_factory_uses_keras_sync_batch_norm_for_one_axis():
+    layer = normalization.batch_norm(axis=3, name="bn")
+    assert isinstance(layer, keras.layers.BatchNormalization)
+    assert layer.synchronized
+    assert layer.momentum == pytest.approx(0.99)
+    assert layer.epsilon == pytest.approx(1e-3)
+    multi = normalization.batch_norm(
+        axis=[0, 2], batch_norm_config={"synchronized": False,
+                                        "momentum": 0.5})
+    assert isinstance(multi, normalization.MultiAxisBatchNormalization)
+    assert not multi.synchronized and multi.momentum == 0.5
+    with pytest.raises(ValueError, match="unknown key"):
+        normalization.batch_norm(axis=1, batch_norm_config={"eps": 1.0})
+
+
+def test_get_config_round_trip():
+    layer = normalization.MultiAxisBatchNormalization(
+        axis=[0, 2, 4], momentum=0.8, epsilon=1e-2,
+        gamma_initializer=keras.initializers.Constant(0.1), name="bn")
+    x = np.random.RandomState(3).normal(size=(2, 3, 4, 5, 6)).astype("float32")
+    layer.build(x.shape)
+    helpers.randomize_weights(layer)
+    clone = normalization.MultiAxisBatchNormalization.from_config(
+        layer.get_config())
+    clone.build(x.shape)
+    clone.set_weights(layer.get_weights())
+    np.testing.assert_array_equal(layer(x).numpy(), clone(x).numpy())
+    fresh = normalization.MultiAxisBatchNormalization.from_config(
+        layer.get_config())
+    fresh.build(x.shape)
+    np.testing.assert_allclose(fresh.gamma.numpy(), 0.1)
+
+
+def test_invalid_axis_is_reported():
+    layer = normalization.MultiAxisBatchNormalization(axis=[0, 5])
+    with pytest.raises(ValueError, match="invalid"):
+        layer.build((2, 3, 4))
+
+
+def test_training_statistics_are_synchronized_across_replicas():
+    # Two replicas each see half of the batch; with synchronised statistics
+    # the result must equal normalising the global batch. Axes [1, 3] are
+    # kept so that the reduction runs over the batch (split across
+    # replicas) and axis 2.
+    script = textwrap.dedent("""
+        import numpy as np
+        import tensorflow as tf
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+        from max_deeplab_tf.layers import normalization
+        rng = np.random.RandomState(0)
+        x = np.concatenate([rng.normal(0.0, 1.0, (2, 3, 4, 5)),
+                            rng.normal(5.0, 2.0, (2, 3, 4, 5))]
+                           ).astype("float32")
+        strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+        with strategy.scope():
+            layer = normalization.MultiAxisBatchNormalization(
+                axis=[1, 3], momentum=0.0, epsilon=1e-3)
+            layer.build((None, 3, 4, 5))
+        dataset = tf.data.Dataset.from_tensor_slices(x).batch(4)
+        batch = next(iter(strategy.experimental_distribute_dataset(dataset)))
+        outputs = strategy.run(lambda t: layer(t, training=True),
+                               args=(batch,))
+        out = np.concatenate([v.numpy() for v in
+                              strategy.experimental_local_results(outputs)])
+        mean = x.mean(axis=(0, 2), keepdims=True)
+        var = x.var(axis=(0, 2), keepdims=True)
+        np.testing.assert_allclose(
+            out, (x - mean) / np.sqrt(var + 1e-3), rtol=1e-4, atol=1e-4)
+        # momentum 0: the moving statistics are the global batch's.
+        np.testing.assert_allclose(layer.moving_mean.numpy(),
+                                   mean.reshape(1, 3, 1, 5), rtol=1e-5,
+                                   atol=1e-5)
+        np.testing.assert_allclose(layer.moving_variance.numpy(),
+                                   var.reshape(1, 3, 1, 5), rtol=1e-4,
+                                   atol=1e-5)
+        print("SYNC-OK")
+    """)
+    env = dict(os.environ, PYTHONPATH=REPO_ROOT, TF_CPP_MIN_LOG_LEVEL="2")
+    result = subprocess.run([sys.executable, "-c", script], env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert "SYNC-OK" in result.stdout, result.stdout + result.stderr

@@ -1,0 +1,79 @@
+"""Tests for max_deeplab_tf.model.builder (config -> model)."""
+
+import json
+
+import pytest
+
+import max_deeplab_tf
+from max_deeplab_tf.model import builder
+from tests.model import helpers
+
+
+def test_config_options_reach_the_model():
+    config = helpers.tiny_config(
+        "model_options { backbone { drop_path_keep_prob: 0.6 "
+        "drop_path_schedule: 'constant' } max_deeplab { num_mask_slots: 5 } }",
+        "trainer_options { solver_options { batchnorm_momentum: 0.9 "
+        "batchnorm_epsilon: 0.01 use_sync_batchnorm: false } }")
+    encoder = builder.encoder_config_from_options(config)
+    assert encoder["num_mask_slots"] == 5
+    assert encoder["batch_norm_config"] == {
+        "momentum": pytest.approx(0.9), "epsilon": pytest.approx(0.01),
+        "synchronized": False}
+    head = builder.head_config_from_options(config, encoder)
+    assert head["num_classes"] == 134
+    # COCO's ignore label 0 is a class index, so the 134 outputs already
+    # include void (predicted by the last one).
+    assert head["num_transformer_classes"] == 134
+    # ASPP image pooling over the 65x65 training crop's stride-16 feature.
+    assert head["decoder_config"]["pool_size"] == (5, 5)
+    model = max_deeplab_tf.build_model(config)
+    model.build((None, 33, 33, 3))
+    block = model.encoder._stage5._block1
+    assert block.drop_path_keep_prob == pytest.approx(0.6)
+    assert model.encoder.memory_feature.shape == (1, 5, 64)
+    assert block._conv1_bn_act._batch_norm.momentum == pytest.approx(0.9)
+    assert not block._conv1_bn_act._batch_norm.synchronized
+
+
+def test_void_class_is_added_when_the_ignore_label_is_not_a_class(tmp_path):
+    descriptor = {"name": "cityscapes_like", "num_classes": 19,
+                  "ignore_label": 255, "label_divisor": 1000,
+                  "thing_class_ids": list(range(11, 19))}
+    path = tmp_path / "dataset.json"
+    path.write_text(json.dumps(descriptor))
+    config = helpers.tiny_config(
+        f"train_dataset_options {{ dataset: '{path}' }}",
+        f"eval_dataset_options {{ dataset: '{path}' }}",
+        "model_options { max_deeplab { auxiliary_semantic_head { "
+        "output_channels: 19 } } }")
+    encoder = builder.encoder_config_from_options(config)
+    head = builder.head_config_from_options(config, encoder)
+    assert (head["num_classes"], head["num_transformer_classes"]) == (19, 20)
+
+
+@pytest.mark.parametrize("override,message", [
+    ("model_options { backbone { name: 'resnet50' } }", "backbone.name"),
+    ("model_options { backbone { use_squeeze_and_excite: true } }",
+     "use_squeeze_and_excite"),
+    ("model_options { backbone { use_sac_beyond_stride: 16 } }",
+     "use_sac_beyond_stride"),
+    ("model_options { backbone { output_stride: 8 } }", "output_stride"),
+    ("model_options { max_deeplab { auxiliary_semantic_head { "
+     "output_channels: 20 } } }", "differs from the 134 classes"),
+    ("model_options { max_deeplab { pixel_space_head { output_channels: 0 } "
+     "} }", "pixel_space_head"),
+])
+def test_bad_options_name_the_field(override, message):
+    with pytest.raises(ValueError, match=message):
+        max_deeplab_tf.build_model(helpers.tiny_config(override))
+
+
+def test_max_deeplab_l_has_no_auxiliary_semantic_decoder():
+    with open(f"{helpers.REPO_ROOT}/configs/max_deeplab_l.textproto") as f:
+        text = f.read().replace("${TRAIN_SET}", "t").replace("${VAL_SET}", "v")
+    config = helpers.parse_config(text)
+    encoder = builder.encoder_config_from_options(config)
+    head = builder.head_config_from_options(config, encoder)
+    assert head["decoder_config"] is None
+    assert head["num_transformer_classes"] == 134
