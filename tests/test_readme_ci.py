@@ -33,3 +33,17 @@ def test_readme_has_two_self_contained_commands():
         assert command.startswith("python3 -m venv .venv && "), command
         assert 'pip install -q -e ".[test]"' in command or (
             "pip install -q -e ." in command), command
+
+
+def test_readme_layer_example_runs_and_reloads(tmp_path, monkeypatch):
+    blocks = re.findall(r"```python\n(.*?)```", read("README.md"), re.S)
+    example = next(b for b in blocks if "layers.AxialBlock" in b)
+    monkeypatch.chdir(tmp_path)
+    namespace = {}
+    exec(compile(example, "README.md", "exec"), namespace)
+    assert (tmp_path / "classifier.keras").exists()
+    model = namespace["model"]
+    import numpy as np
+
+    outputs = model(np.zeros((1, 65, 65, 3), "float32"))
+    assert tuple(outputs.shape) == (1, 10)

@@ -7,16 +7,11 @@ expected' so that `load_experiment` can report all of them at once.
 from typing import Callable, Dict, List, Optional
 
 from max_deeplab_tf.config import textproto
+# Plain configuration tables (no TensorFlow): the names the model builds.
+from max_deeplab_tf.model import backbones
 from max_deeplab_tf.protos import config_pb2
 
-# Backbone names `max_deeplab_tf.model` builds; tests check that the two agree.
-KNOWN_BACKBONES = (
-    "max_deeplab_s",
-    "max_deeplab_l",
-    "max_deeplab_s_backbone",
-    "max_deeplab_l_backbone",
-    "max_deeplab_tiny",
-)
+KNOWN_BACKBONES = backbones.BACKBONE_NAMES
 KNOWN_OPTIMIZERS = ("adam", "adamw", "sgd", "radam")
 KNOWN_LEARNING_POLICIES = ("poly", "cosine")
 KNOWN_DROP_PATH_SCHEDULES = ("constant", "linear")
