@@ -1,0 +1,120 @@
+"""What every max_deeplab_tf optimizer adds to a Keras 3 optimizer.
+
+Two hooks the trainer needs:
+
+* `gradients_aggregated`: under tf.distribute a Keras 3 optimizer sums the
+  gradients across replicas inside `apply`. Our train step sums them itself,
+  first, so that global-norm clipping and the non-finite check see the
+  gradient of the whole global batch and every replica takes the same
+  decision; the optimizer must then not sum a second time.
+* `weight_decay_pattern`: decoupled weight decay only on variables whose name
+  matches a regular expression (deeplab2 decays convolution and dense kernels
+  only, not biases, batch-norm parameters or embeddings).
+"""
+
+import re
+
+import keras
+import tensorflow as tf
+
+
+def variable_name(variable):
+    """A variable's path-like name without the ':0' suffix."""
+    name = getattr(variable, "path", None) or variable.name
+    return name.split(":")[0]
+
+
+class OptimizerHooksMixin:
+    """Mixed in before a keras.optimizers.Optimizer subclass.
+
+    Args:
+      gradients_aggregated: Gradients passed to `apply` are already summed
+        across replicas; do not all-reduce them again.
+      weight_decay_pattern: If set, weight decay applies only to variables
+        whose name (`path` for Keras variables) matches this regular
+        expression (re.search); variables excluded with
+        `exclude_from_weight_decay` stay excluded.
+    """
+
+    def __init__(self, *args, gradients_aggregated=False,
+                 weight_decay_pattern=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.gradients_aggregated = bool(gradients_aggregated)
+        self.weight_decay_pattern = weight_decay_pattern
+        self._weight_decay_regex = (
+            re.compile(weight_decay_pattern) if weight_decay_pattern else None)
+
+    def apply(self, grads, trainable_variables=None):
+        self._step_constants_cache = {}
+        return super().apply(grads, trainable_variables)
+
+    def step_constants(self, variable, compute):
+        """`compute()` once per apply, device and graph (not per variable).
+
+        Tracing a step of a model with hundreds of variables spends most of
+        its time creating per-variable ops; quantities that depend only on
+        the step (bias corrections, rectification terms) are made once.
+        """
+        if not tf.inside_function():
+            return compute()
+        cache = self.__dict__.setdefault("_step_constants_cache", {})
+        key = (id(tf.compat.v1.get_default_graph()), variable.device,
+               variable.dtype)
+        if key not in cache:
+            cache[key] = compute()
+        return cache[key]
+
+    def _all_reduce_sum_gradients(self, grads_and_vars):
+        if self.gradients_aggregated:
+            return list(grads_and_vars)
+        return super()._all_reduce_sum_gradients(grads_and_vars)
+
+    def _use_weight_decay(self, variable):
+        if not super()._use_weight_decay(variable):
+            return False
+        if self._weight_decay_regex is None:
+            return True
+        return self._weight_decay_regex.search(variable_name(variable)) is not None
+
+    def get_config(self):
+        config = super().get_config()
+        config["gradients_aggregated"] = self.gradients_aggregated
+        config["weight_decay_pattern"] = self.weight_decay_pattern
+        return config
+
+
+@keras.saving.register_keras_serializable(package="max_deeplab_tf")
+class Adam(OptimizerHooksMixin, keras.optimizers.Adam):
+    """keras.optimizers.Adam with the trainer hooks (deeplab2's default)."""
+
+
+@keras.saving.register_keras_serializable(package="max_deeplab_tf")
+class AdamW(OptimizerHooksMixin, keras.optimizers.AdamW):
+    """keras.optimizers.AdamW (decoupled weight decay) with the trainer hooks."""
+
+
+@keras.saving.register_keras_serializable(package="max_deeplab_tf")
+class SGD(OptimizerHooksMixin, keras.optimizers.SGD):
+    """keras.optimizers.SGD with the trainer hooks."""
+
+
+def per_variable_update(optimizer, grads_and_vars, learning_rate):
+    """Runs `optimizer.update_step` on each pair, replica-safely.
+
+    Under tf.distribute the update has to run once per variable copy in an
+    update context (what Keras' TF backend does for its own updates); this
+    reuses that machinery without summing the gradients across replicas.
+    """
+    pairs = [(g, v.value if isinstance(v, keras.Variable) else v)
+             for g, v in grads_and_vars if g is not None]
+    if not pairs:
+        return
+
+    def merged(distribution, pairs, learning_rate):
+        for grad, var in pairs:
+            distribution.extended.update(
+                var, lambda v, g, lr: optimizer.update_step(g, v, lr),
+                args=(grad, learning_rate), group=False)
+
+    tf.__internal__.distribute.interim.maybe_merge_call(
+        merged, tf.distribute.get_strategy(), pairs, learning_rate)

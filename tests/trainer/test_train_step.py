@@ -1,0 +1,144 @@
+"""The train step: non-finite guard, loss scaling, XLA, global-batch scaling.
+
+Runs in-process on one device with a small stand-in model (the mechanics do
+not depend on the architecture; test_integration.py runs the real model).
+"""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from max_deeplab_tf import common
+from max_deeplab_tf import optimizers
+from max_deeplab_tf.protos import trainer_pb2
+from max_deeplab_tf.training import train_step as train_step_lib
+from tests.trainer import standins
+
+
+def make_step(jit_compile=False, policy="float32", limit=3, lr=0.05,
+              optimizer="adam"):
+    keras.utils.set_random_seed(1)
+    model = standins.StandinModel()
+    model(tf.zeros([1, standins.SIZE, standins.SIZE, 3]))
+    solver = trainer_pb2.SolverOptions(
+        optimizer=optimizer, base_learning_rate=lr,
+        training_number_of_steps=100)
+    model_optimizer = optimizers.ModelOptimizer(
+        solver, model.trainable_variables, gradients_aggregated=True)
+    model_optimizer.build()
+    step = train_step_lib.TrainStep(
+        model, standins.StandinLoss(), model_optimizer, global_batch_size=4,
+        mixed_precision_policy=policy, max_consecutive_nonfinite_steps=limit,
+        jit_compile=jit_compile)
+    return model, model_optimizer, step
+
+
+def batch(seed=0, poison=False):
+    data = standins.make_examples(4, seed)
+    if poison:
+        data[common.IMAGE][1, 2, 3, 0] = np.nan
+    return {k: tf.constant(v) for k, v in data.items()}
+
+
+def snapshot(model):
+    return [v.numpy().copy() for v in model.variables]
+
+
+def test_loss_is_global_batch_mean():
+    model, _, step = make_step()
+    inputs = batch()
+    losses = standins.StandinLoss()(inputs, model(inputs[common.IMAGE],
+                                                  training=True))
+    expected = float(tf.reduce_mean(losses[common.TOTAL_LOSS]))
+    # Same statistics in the step's forward pass (BN in training mode).
+    result = tf.function(step.replica_step)(inputs)
+    assert float(result[common.TOTAL_LOSS]) == pytest.approx(expected,
+                                                             rel=1e-5)
+
+
+def test_nonfinite_step_is_skipped_and_state_kept():
+    model, model_optimizer, step = make_step()
+    run = tf.function(step.replica_step)
+    run(batch(0))
+    before = snapshot(model)
+    iterations = int(model_optimizer.iterations.numpy())
+    result = run(batch(1, poison=True))
+    assert float(result["step_skipped"]) == 1.0
+    assert not np.isfinite(float(result[common.TOTAL_LOSS]))
+    after = snapshot(model)
+    # Weights AND batch-norm moving statistics are untouched.
+    for b, a in zip(before, after):
+        np.testing.assert_array_equal(a, b)
+    assert int(model_optimizer.iterations.numpy()) == iterations
+    assert int(step.consecutive_nonfinite.numpy()) == 1
+    # A good step applies and resets the run of bad ones.
+    result = run(batch(2))
+    assert float(result["step_skipped"]) == 0.0
+    assert int(step.consecutive_nonfinite.numpy()) == 0
+    assert int(step.total_nonfinite.numpy()) == 1
+    assert int(model_optimizer.iterations.numpy()) == iterations + 1
+    assert any(np.abs(a - b).max() > 0 for a, b in zip(after,
+                                                       snapshot(model)))
+
+
+def test_stops_after_limit_in_a_row():
+    _, _, step = make_step(limit=3)
+    run = tf.function(step.replica_step)
+    run(batch(0))
+    run(batch(1, poison=True))
+    run(batch(2, poison=True))
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match="3 consecutive steps had a non-finite loss"):
+        run(batch(3, poison=True))
+    assert int(step.consecutive_nonfinite.numpy()) == 3
+    with pytest.raises(FloatingPointError, match="non-finite loss"):
+        step.check_nonfinite_limit()
+
+
+def test_float16_overflow_halves_scale_without_counting():
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model, model_optimizer, step = make_step(policy="mixed_float16")
+        run = tf.function(step.replica_step)
+        scale = float(step.loss_scale.numpy())
+        # Loss finite, gradients overflow float16 at this scale.
+        step.loss_scale.assign(2.0 ** 60)
+        before = snapshot(model)
+        result = run(batch(0))
+        assert float(result["step_skipped"]) == 1.0
+        assert np.isfinite(float(result[common.TOTAL_LOSS]))
+        assert float(step.loss_scale.numpy()) == 2.0 ** 59
+        assert int(step.consecutive_nonfinite.numpy()) == 0
+        for b, a in zip(before, snapshot(model)):
+            np.testing.assert_array_equal(a, b)
+        step.loss_scale.assign(scale)
+        result = run(batch(1))
+        assert float(result["step_skipped"]) == 0.0
+        assert int(model_optimizer.iterations.numpy()) == 1
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+def test_jit_compile_step_matches_and_is_compiled():
+    model_a, _, eager_step = make_step(optimizer="sgd")
+    model_b, _, jit_step = make_step(jit_compile=True, optimizer="sgd")
+    inputs = batch(0)
+    # The forward/backward pass is an XLA computation.
+    hlo = jit_step._forward_backward.experimental_get_compiler_ir(
+        inputs, tf.constant(1.0))(stage="hlo")
+    assert "HloModule" in hlo
+    a = tf.function(eager_step.replica_step)(inputs)
+    b = tf.function(jit_step.replica_step)(inputs)
+    assert float(b[common.TOTAL_LOSS]) == pytest.approx(
+        float(a[common.TOTAL_LOSS]), rel=1e-5)
+    for va, vb in zip(model_a.variables, model_b.variables):
+        np.testing.assert_allclose(vb.numpy(), va.numpy(), rtol=1e-5,
+                                   atol=1e-6)
+
+
+def test_rejects_unknown_precision_policy():
+    model = standins.StandinModel()
+    with pytest.raises(ValueError, match="mixed_precision_policy"):
+        train_step_lib.TrainStep(model, standins.StandinLoss(), None, 4,
+                                 mixed_precision_policy="float16")
