@@ -35,7 +35,9 @@ for name in data.files:
     for key, value in out.items():
         result[f"{name}/{key}"] = value.numpy()
 np.savez(outputs, **result)
-print(json.dumps(sorted(m for m in sys.modules if "max_deeplab" in m)))
+# An editable install preloads its own finder module; only the package counts.
+print(json.dumps(sorted(m for m in sys.modules if m == "max_deeplab_tf"
+                        or m.startswith("max_deeplab_tf."))))
 """
 
 
