@@ -22,7 +22,6 @@ learning-rate schedule continue exactly.
 """
 
 import dataclasses
-import os
 import time
 from typing import Any, Callable, Dict, Optional
 
@@ -31,7 +30,6 @@ import keras
 import orbit
 import tensorflow as tf
 
-from max_deeplab_tf import common
 from max_deeplab_tf import optimizers
 from max_deeplab_tf.training import checkpoints
 from max_deeplab_tf.training import train_step as train_step_lib
@@ -124,6 +122,26 @@ def _library_components() -> Components:
         prepare_data=library_hooks.prepare_synthetic_data)
 
 
+def _wait_for_files(config, timeout=3600, interval=5):
+    """Non-chief workers wait for the chief to make the synthetic data."""
+    if not config.trainer_options.HasField("synthetic_data"):
+        return
+    deadline = time.time() + timeout
+    patterns = list(config.train_dataset_options.file_pattern) + list(
+        config.eval_dataset_options.file_pattern)
+    while not all(tf.io.gfile.glob(p) for p in patterns):
+        if time.time() > deadline:
+            raise TimeoutError(
+                f"waited {timeout}s for the chief to write {patterns}")
+        time.sleep(interval)
+
+
+def _without_strings(dataset):
+    """TPUs take no string tensors: drops image names and the like."""
+    return dataset.map(lambda batch: {k: v for k, v in batch.items()
+                                      if v.dtype != tf.string})
+
+
 def initial_checkpoint_exclusions(model, model_options):
     """Variables an initial checkpoint must not overwrite.
 
@@ -205,7 +223,10 @@ def run_experiment(mode: str, config, model_dir: str,
                  "replica(s)", config.experiment_name or "(unnamed)", mode,
                  model_dir, type(strategy).__name__, num_replicas)
 
-    components.prepare_data(config)
+    if chief:
+        components.prepare_data(config)
+    else:
+        _wait_for_files(config)
     keras.mixed_precision.set_global_policy(
         trainer_options.mixed_precision_policy or "float32")
     if trainer_options.random_seed:
@@ -293,8 +314,9 @@ def run_experiment(mode: str, config, model_dir: str,
     trainer = None
     if training:
         def train_dataset_fn(input_context):
-            return components.build_dataset(config.train_dataset_options,
-                                            True, input_context, True)
+            dataset = components.build_dataset(config.train_dataset_options,
+                                               True, input_context, True)
+            return _without_strings(dataset) if is_tpu else dataset
 
         trainer = trainer_lib.Trainer(
             strategy, train_dataset_fn, step, global_step, train_batch,
@@ -306,8 +328,9 @@ def run_experiment(mode: str, config, model_dir: str,
         def eval_dataset_fn(input_context):
             # Every image is evaluated: a last partial batch is kept, except
             # on TPUs, which need static shapes.
-            return components.build_dataset(config.eval_dataset_options,
-                                            False, input_context, is_tpu)
+            dataset = components.build_dataset(config.eval_dataset_options,
+                                               False, input_context, is_tpu)
+            return _without_strings(dataset) if is_tpu else dataset
 
         eval_options = config.evaluator_options
         save_dir = None

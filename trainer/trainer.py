@@ -8,7 +8,7 @@ steps/s, images/s and ETA.
 """
 
 import time
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict
 
 from absl import logging
 import orbit

@@ -1,4 +1,11 @@
-"""Library pieces of training: the distributed train step, checkpoint
-utilities (initial-checkpoint loading with a matched/unmatched report) and
-atomic metric files. The orbit driver lives in the top-level `trainer/`.
+"""Library pieces of training; the orbit driver is the top-level `trainer/`.
+
+  train_step.TrainStep: the distributed step (global-batch loss scaling,
+    cross-replica gradient sums, non-finite guard, clipping, loss scaling,
+    optional XLA).
+  checkpoints.model_view(model): what to checkpoint so that Keras 3 models
+    keeping layers in lists lose nothing; load_initial_checkpoint(model,
+    path, ...) with a matched/unmatched report.
+  files: atomic writes through tf.io.gfile.
+  visualization: panoptic maps as colour images.
 """

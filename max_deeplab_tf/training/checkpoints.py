@@ -13,7 +13,7 @@ and shape agree, and reports what matched and what did not.
 import collections
 import dataclasses
 import re
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Sequence, Tuple
 
 from absl import logging
 import keras

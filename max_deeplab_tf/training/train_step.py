@@ -29,7 +29,7 @@ because tf.distribute's cross-replica calls cannot run inside a nested
 compiled function. On a TPU the strategy compiles the whole step anyway.
 """
 
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict
 
 import keras
 import tensorflow as tf

@@ -1,11 +1,11 @@
 """Runs one experiment in a fresh process, for tests that need one.
 
-    python -m tests.trainer.driver --pieces={standin,library} \
-        --mode=train --model_dir=DIR --num_cpu_devices=2 \
-        [--config_file=F] [--config_override=...]... [--dump=OUT.npz]
+    python -m tests.trainer.driver --mode=train --model_dir=DIR \
+        [--num_cpu_devices=2] [--config_override=...]... [--dump=OUT]
 
-A fresh process can split the CPU into logical devices, run
-MultiWorkerMirroredStrategy from TF_CONFIG, or be killed with SIGKILL.
+It trains the stand-in pieces of tests/trainer/standins.py. A fresh process
+can split the CPU into logical devices, run MultiWorkerMirroredStrategy from
+TF_CONFIG, or be killed with SIGKILL.
 With --dump it writes the trained weights (by checkpoint key) and the
 last losses to OUT.npz / OUT.json.
 """
@@ -19,11 +19,8 @@ from absl import app
 from absl import flags
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum("pieces", "standin", ["standin", "library"],
-                  "Stand-in components or max_deeplab_tf's.")
 flags.DEFINE_string("mode", "train", "Experiment mode.")
 flags.DEFINE_string("model_dir", None, "Model directory.")
-flags.DEFINE_string("config_file", None, "Config (library pieces).")
 flags.DEFINE_multi_string("config_override", [], "Overrides.")
 flags.DEFINE_integer("num_cpu_devices", 1, "Logical CPU devices.")
 flags.DEFINE_string("dump", None, "Write weights (.npz) and results (.json).")
@@ -42,32 +39,17 @@ def main(argv):
     from trainer import train_lib
     from max_deeplab_tf.training import checkpoints
 
-    if FLAGS.pieces == "standin":
-        from tests.trainer import standins
-        config = standins.config(*FLAGS.config_override)
-        examples = {"train": standins.make_examples(FLAGS.num_train_examples,
-                                                    0),
-                    "val": standins.make_examples(6, 1)}
-        captured = {}
+    from tests.trainer import standins
+    config = standins.config(*FLAGS.config_override)
+    examples = {"train": standins.make_examples(FLAGS.num_train_examples, 0),
+                "val": standins.make_examples(6, 1)}
+    captured = {}
 
-        def factory():
-            captured["model"] = standins.StandinModel()
-            return captured["model"]
+    def factory():
+        captured["model"] = standins.StandinModel()
+        return captured["model"]
 
-        components = standins.components(examples, model_factory=factory)
-    else:
-        from max_deeplab_tf.config import load_experiment
-        config = load_experiment(FLAGS.config_file, FLAGS.config_override)
-        components = train_lib._library_components()
-        captured = {}
-        build = components.build_model
-
-        def factory(cfg):
-            captured["model"] = build(cfg)
-            return captured["model"]
-
-        components.build_model = factory
-
+    components = standins.components(examples, model_factory=factory)
     result = train_lib.run_experiment(FLAGS.mode, config, FLAGS.model_dir,
                                       components=components)
     if FLAGS.dump:

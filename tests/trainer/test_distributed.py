@@ -18,7 +18,6 @@ import os
 import signal
 
 import numpy as np
-import pytest
 import tensorflow as tf
 
 from tests.trainer import subprocesses as sp

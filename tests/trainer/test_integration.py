@@ -9,6 +9,7 @@ MirroredStrategy over 2 logical CPUs (sync batch norm included).
 
 import json
 import sys
+import uuid
 
 import numpy as np
 import pytest
@@ -53,7 +54,7 @@ def small_experiment(root):
 
 
 def test_short_train_and_eval_on_ram(tmp_path):
-    root = "ram://integration"
+    root = f"ram://integration-{uuid.uuid4().hex}"
     config = small_experiment(root)
     # The data is made above, not by the trainer.
     config.trainer_options.ClearField("synthetic_data")

@@ -1,7 +1,8 @@
 """The train step: non-finite guard, loss scaling, XLA, global-batch scaling.
 
 Runs in-process on one device with a small stand-in model (the mechanics do
-not depend on the architecture; test_integration.py runs the real model).
+not depend on the architecture; tests/trainer/test_integration.py runs
+the real model).
 """
 
 import keras
