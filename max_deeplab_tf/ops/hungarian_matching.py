@@ -3,7 +3,7 @@
 `hungarian_matching(cost, valid_columns)` returns, for every batch element,
 the 0/1 assignment that scipy.optimize.linear_sum_assignment returns on the
 valid submatrix (same total cost; ties may be broken differently). It is pure
-TensorFlow (no py_function, no numpy), runs eagerly, under tf.function and
+TensorFlow (no Python callbacks, no numpy), runs eagerly, under tf.function and
 under tf.function(jit_compile=True), and is deterministic.
 
 Algorithm: shortest augmenting paths (Jonker-Volgenant as simplified by
