@@ -7,7 +7,7 @@ deeplab2's trainer checkpoints `tf.train.Checkpoint(**model.checkpoint_items,
 (plus the suffix '/.ATTRIBUTES/VARIABLE_VALUE'). Our layers use deeplab2's
 attribute names and our `MaXDeepLab.checkpoint_items` uses its top-level
 keys, so a variable's deeplab2 key is its attribute path from those items,
-found the way tf.train.Checkpoint finds it (breadth-first, first path wins),
+found the way tf.train.Checkpoint finds it (`checkpoint_keys.walk`),
 with Keras 3's own attribute names translated: a convolution's `_kernel` is
 tf.keras's `kernel`, a depthwise convolution's `kernel` is tf.keras's
 `depthwise_kernel`.
@@ -28,43 +28,14 @@ from typing import Dict, List, Sequence
 import keras
 import tensorflow as tf
 
-VALUE_SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
-# Checkpoint keys that are not model weights.
-NON_MODEL_PREFIXES = ("optimizer/", "backbone_optimizer/", "global_step",
-                      "save_counter", "_CHECKPOINTABLE_OBJECT_GRAPH")
+from max_deeplab_tf import checkpoint_keys
+from max_deeplab_tf.checkpoint_keys import NON_MODEL_PREFIXES
+from max_deeplab_tf.checkpoint_keys import VALUE_SUFFIX
+
 _RENAMES = (
     (re.compile(r"/_depthwise_conv/kernel$"), "/_depthwise_conv/depthwise_kernel"),
     (re.compile(r"/_kernel$"), "/kernel"),
 )
-
-
-def _escape(name: str) -> str:
-    # tf.train.Checkpoint's escaping of '.' and '/' inside one name.
-    return name.replace(".", "..").replace("/", ".S")
-
-
-def _trackable_paths(items: Dict[str, object]) -> Dict[int, str]:
-    """Breadth-first attribute path of every object reachable from items."""
-    paths = {}
-    queue = collections.deque()
-    for key, obj in items.items():
-        if id(obj) not in paths:
-            paths[id(obj)] = _escape(key)
-            queue.append(obj)
-    while queue:
-        obj = queue.popleft()
-        if isinstance(obj, (tf.Variable, keras.Variable)):
-            continue
-        try:
-            children = tf.train.TrackableView(obj).children(obj)
-        except (AttributeError, TypeError):
-            continue
-        for name, child in children.items():
-            if id(child) in paths:
-                continue
-            paths[id(child)] = f"{paths[id(obj)]}/{_escape(name)}"
-            queue.append(child)
-    return paths
 
 
 def _deeplab2_key(path: str) -> str:
@@ -91,7 +62,8 @@ def deeplab2_variable_map(model) -> Dict[str, keras.Variable]:
         raise ValueError(
             "deeplab2_variable_map: build the model first (call it on an "
             "image batch)")
-    paths = _trackable_paths(model.checkpoint_items)
+    paths = {id(obj): path
+             for path, obj in checkpoint_keys.walk(model.checkpoint_items)}
     mapping = collections.OrderedDict()
     unreached = []
     for variable in model.weights:

@@ -16,81 +16,13 @@ import re
 from typing import Dict, Iterable, List, Sequence, Tuple
 
 from absl import logging
-import keras
 import tensorflow as tf
 from tensorflow.core.protobuf import trackable_object_graph_pb2
 
-VALUE_SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
-# Checkpoint keys that are never model weights.
-_NON_MODEL_PREFIXES = ("optimizer/", "backbone_optimizer/", "global_step/",
-                       "save_counter/", "train_step/",
-                       "_CHECKPOINTABLE_OBJECT_GRAPH")
+from max_deeplab_tf import checkpoint_keys
+from max_deeplab_tf.checkpoint_keys import VALUE_SUFFIX
+
 _MAX_PREFIX_DEPTH = 4
-
-
-def _escape(name: str) -> str:
-    # tf.train.Checkpoint escapes '.' and '/' in local names this way.
-    return name.replace(".", "..").replace("/", ".S")
-
-
-def _is_variable(obj) -> bool:
-    return isinstance(obj, (tf.Variable, keras.Variable))
-
-
-def _holds_trackables(value) -> bool:
-    items = value.values() if isinstance(value, dict) else value
-    for item in items:
-        if isinstance(item, (list, tuple, dict)):
-            if _holds_trackables(item):
-                return True
-        elif isinstance(item, tf.__internal__.tracking.Trackable):
-            return True
-    return False
-
-
-def trackable_children(obj) -> "collections.OrderedDict[str, object]":
-    """Named children of an object for checkpointing, Keras-3 aware.
-
-    TensorFlow's own children, then the lists and dicts of layers or
-    variables that Keras 3 layers hold: Keras wraps those in its own
-    collection types, which tf.train.Checkpoint does not follow, so a model
-    that keeps its blocks in a list would silently lose their weights.
-    """
-    if isinstance(obj, (list, tuple)):
-        return collections.OrderedDict(
-            (str(i), v) for i, v in enumerate(obj)
-            if isinstance(v, (list, tuple, dict,
-                              tf.__internal__.tracking.Trackable)))
-    if isinstance(obj, dict):
-        return collections.OrderedDict(
-            (str(k), v) for k, v in obj.items()
-            if isinstance(v, (list, tuple, dict,
-                              tf.__internal__.tracking.Trackable)))
-    children = collections.OrderedDict(
-        tf.train.TrackableView(obj).children(obj))
-    for name in getattr(obj, "_tracked", ()):
-        if name in children:
-            continue
-        value = getattr(obj, name, None)
-        if isinstance(value, (list, tuple, dict)) and _holds_trackables(value):
-            children[name] = value
-    return children
-
-
-def _walk(root):
-    """Breadth-first (path, object) pairs below root, each object once."""
-    seen = {id(root)}
-    queue = collections.deque([(root, "")])
-    while queue:
-        obj, path = queue.popleft()
-        for name, child in trackable_children(obj).items():
-            if id(child) in seen:
-                continue
-            seen.add(id(child))
-            child_path = f"{path}{_escape(name)}"
-            yield child_path, child
-            if not _is_variable(child):
-                queue.append((child, child_path + "/"))
 
 
 def variable_keys(root) -> Dict[str, object]:
@@ -107,8 +39,8 @@ def variable_keys(root) -> Dict[str, object]:
       Ordered dict key -> variable (each variable once).
     """
     return collections.OrderedDict(
-        (path + VALUE_SUFFIX, obj) for path, obj in _walk(root)
-        if _is_variable(obj))
+        (path + VALUE_SUFFIX, obj) for path, obj in checkpoint_keys.walk(root)
+        if checkpoint_keys.is_variable(obj))
 
 
 def model_view(model):
@@ -117,28 +49,19 @@ def model_view(model):
     Save and restore `tf.train.Checkpoint(model=model_view(model), ...)`
     instead of `model=model`: the mirror's tree follows the model's
     attributes including Keras 3 lists and dicts of layers (see
-    `trackable_children`).
+    `checkpoint_keys.trackable_children`).
 
     Raises:
       ValueError: listing any model variable the walk cannot reach.
     """
     nodes = {id(model): tf.__internal__.tracking.AutoTrackable()}
-    root = nodes[id(model)]
-    seen = {id(model)}
-    queue = collections.deque([model])
-    while queue:
-        obj = queue.popleft()
-        parent = nodes[id(obj)]
-        for name, child in trackable_children(obj).items():
-            if id(child) in seen:
-                continue
-            seen.add(id(child))
-            if _is_variable(child):
-                parent._track_trackable(child, name=name)
-            else:
-                nodes[id(child)] = tf.__internal__.tracking.AutoTrackable()
-                parent._track_trackable(nodes[id(child)], name=name)
-                queue.append(child)
+    for parent, name, child in checkpoint_keys.walk_edges(model):
+        if checkpoint_keys.is_variable(child):
+            mirror = child
+        else:
+            mirror = nodes[id(child)] = (
+                tf.__internal__.tracking.AutoTrackable())
+        nodes[id(parent)]._track_trackable(mirror, name=name)
     reached = {id(v) for v in variable_keys(model).values()}
     lost = [v.path if hasattr(v, "path") else v.name
             for v in getattr(model, "variables", []) if id(v) not in reached]
@@ -147,7 +70,7 @@ def model_view(model):
             f"{len(lost)} variable(s) of {getattr(model, 'name', model)} are "
             f"not reachable through its attributes, so no checkpoint would "
             f"hold them: {lost[:10]}")
-    return root
+    return nodes[id(model)]
 
 
 def checkpoint_variable_paths(reader) -> Dict[str, Tuple[str, tuple]]:
@@ -166,7 +89,7 @@ def checkpoint_variable_paths(reader) -> Dict[str, Tuple[str, tuple]]:
     graph = trackable_object_graph_pb2.TrackableObjectGraph()
     graph.ParseFromString(reader.get_tensor("_CHECKPOINTABLE_OBJECT_GRAPH"))
     shapes = reader.get_variable_to_shape_map()
-    skip = {p.rstrip("/") for p in _NON_MODEL_PREFIXES}
+    skip = {p.rstrip("/") for p in checkpoint_keys.NON_MODEL_PREFIXES}
     paths = collections.OrderedDict()
     seen = {0}
     queue = collections.deque([(0, "")])
@@ -185,7 +108,7 @@ def checkpoint_variable_paths(reader) -> Dict[str, Tuple[str, tuple]]:
                 continue
             seen.add(child.node_id)
             queue.append((child.node_id,
-                          f"{path}{_escape(child.local_name)}/"))
+                          f"{path}{checkpoint_keys.escape_name(child.local_name)}/"))
     return paths
 
 
