@@ -46,8 +46,70 @@ def _check_bias_and_bn(layer_name: str, use_bias: bool, use_bn: bool):
             "batch norm is redundant")
 
 
+class _PaddedConvBNAct(base.ComposedLayer):
+    """A convolution with deeplab2's padding, optional batch norm, activation.
+
+    Subclasses create their convolution (under deeplab2's attribute name)
+    between `__init__` and `_build_bn_and_activation`, so that the weights
+    keep deeplab2's order, and return it from `_convolution`.
+    """
+
+    def __init__(self, kernel_size: int, strides: int, atrous_rate: int,
+                 use_bias: bool, use_bn: bool, activation: Optional[str],
+                 batch_norm_config: Optional[Dict[str, Any]], **kwargs):
+        super().__init__(**kwargs)
+        _check_bias_and_bn(self.name, use_bias, use_bn)
+        self.kernel_size = int(kernel_size)
+        self.strides = int(strides)
+        self.atrous_rate = int(atrous_rate)
+        self.use_bias = use_bias
+        self.use_bn = use_bn
+        self.activation = activation
+        self.batch_norm_config = normalization.default_batch_norm_config(
+            batch_norm_config)
+        if self.strides == 1:
+            self._padding = None
+            self._conv_padding = "same"
+        else:
+            self._padding = padding_size(self.kernel_size, self.atrous_rate)
+            self._conv_padding = "valid"
+
+    def _build_bn_and_activation(self, **batch_norm_kwargs):
+        if self.use_bn:
+            self._batch_norm = normalization.batch_norm(
+                axis=3, name="batch_norm",
+                batch_norm_config=self.batch_norm_config, **batch_norm_kwargs)
+        self._activation_fn = activations.get_activation(self.activation)
+
+    def _convolution(self):
+        raise NotImplementedError
+
+    def call(self, inputs, training=None):
+        x = inputs
+        if self._padding is not None:
+            begin, end = self._padding
+            x = tf.pad(x, [[0, 0], [begin, end], [begin, end], [0, 0]])
+        x = self._convolution()(x)
+        if self.use_bn:
+            x = self._batch_norm(x, training=training)
+        return self._activation_fn(x)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({
+            "kernel_size": self.kernel_size,
+            "strides": self.strides,
+            "atrous_rate": self.atrous_rate,
+            "use_bias": self.use_bias,
+            "use_bn": self.use_bn,
+            "activation": self.activation,
+            "batch_norm_config": dict(self.batch_norm_config),
+        })
+        return config
+
+
 @keras.saving.register_keras_serializable(package="max_deeplab_tf")
-class Conv2DSame(base.ComposedLayer):
+class Conv2DSame(_PaddedConvBNAct):
     """2D convolution with deeplab2's padding, optional batch norm, activation.
 
     Args:
@@ -79,68 +141,36 @@ class Conv2DSame(base.ComposedLayer):
                  kernel_initializer="he_normal",
                  batch_norm_config: Optional[Dict[str, Any]] = None,
                  **kwargs):
-        super().__init__(**kwargs)
-        _check_bias_and_bn(self.name, use_bias, use_bn)
+        super().__init__(kernel_size, strides, atrous_rate, use_bias, use_bn,
+                         activation, batch_norm_config, **kwargs)
         self.output_channels = int(output_channels)
-        self.kernel_size = int(kernel_size)
-        self.strides = int(strides)
-        self.atrous_rate = int(atrous_rate)
-        self.use_bias = use_bias
-        self.use_bn = use_bn
         self.bn_gamma_initializer = keras.initializers.get(bn_gamma_initializer)
-        self.activation = activation
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
-        self.batch_norm_config = normalization.default_batch_norm_config(
-            batch_norm_config)
-        if self.strides == 1:
-            self._padding = None
-            conv_padding = "same"
-        else:
-            self._padding = padding_size(self.kernel_size, self.atrous_rate)
-            conv_padding = "valid"
         self._conv = keras.layers.Conv2D(
             self.output_channels, self.kernel_size, strides=self.strides,
-            padding=conv_padding, use_bias=use_bias,
+            padding=self._conv_padding, use_bias=use_bias,
             dilation_rate=self.atrous_rate,
             kernel_initializer=self.kernel_initializer, name="conv")
-        if use_bn:
-            self._batch_norm = normalization.batch_norm(
-                axis=3, name="batch_norm",
-                gamma_initializer=self.bn_gamma_initializer,
-                batch_norm_config=self.batch_norm_config)
-        self._activation_fn = activations.get_activation(activation)
+        self._build_bn_and_activation(
+            gamma_initializer=self.bn_gamma_initializer)
 
-    def call(self, inputs, training=None):
-        x = inputs
-        if self._padding is not None:
-            begin, end = self._padding
-            x = tf.pad(x, [[0, 0], [begin, end], [begin, end], [0, 0]])
-        x = self._conv(x)
-        if self.use_bn:
-            x = self._batch_norm(x, training=training)
-        return self._activation_fn(x)
+    def _convolution(self):
+        return self._conv
 
     def get_config(self):
         config = super().get_config()
         config.update({
             "output_channels": self.output_channels,
-            "kernel_size": self.kernel_size,
-            "strides": self.strides,
-            "atrous_rate": self.atrous_rate,
-            "use_bias": self.use_bias,
-            "use_bn": self.use_bn,
             "bn_gamma_initializer": keras.initializers.serialize(
                 self.bn_gamma_initializer),
-            "activation": self.activation,
             "kernel_initializer": keras.initializers.serialize(
                 self.kernel_initializer),
-            "batch_norm_config": dict(self.batch_norm_config),
         })
         return config
 
 
 @keras.saving.register_keras_serializable(package="max_deeplab_tf")
-class DepthwiseConv2DSame(base.ComposedLayer):
+class DepthwiseConv2DSame(_PaddedConvBNAct):
     """Depthwise 2D convolution with deeplab2's padding, batch norm, activation.
 
     Args:
@@ -166,54 +196,16 @@ class DepthwiseConv2DSame(base.ComposedLayer):
                  use_bn: bool = False, activation: Optional[str] = None,
                  batch_norm_config: Optional[Dict[str, Any]] = None,
                  **kwargs):
-        super().__init__(**kwargs)
-        _check_bias_and_bn(self.name, use_bias, use_bn)
-        self.kernel_size = int(kernel_size)
-        self.strides = int(strides)
-        self.atrous_rate = int(atrous_rate)
-        self.use_bias = use_bias
-        self.use_bn = use_bn
-        self.activation = activation
-        self.batch_norm_config = normalization.default_batch_norm_config(
-            batch_norm_config)
-        if self.strides == 1:
-            self._padding = None
-            conv_padding = "same"
-        else:
-            self._padding = padding_size(self.kernel_size, self.atrous_rate)
-            conv_padding = "valid"
+        super().__init__(kernel_size, strides, atrous_rate, use_bias, use_bn,
+                         activation, batch_norm_config, **kwargs)
         self._depthwise_conv = keras.layers.DepthwiseConv2D(
             kernel_size=self.kernel_size, strides=self.strides,
-            padding=conv_padding, use_bias=use_bias,
+            padding=self._conv_padding, use_bias=use_bias,
             dilation_rate=self.atrous_rate, name="depthwise_conv")
-        if use_bn:
-            self._batch_norm = normalization.batch_norm(
-                axis=3, name="batch_norm",
-                batch_norm_config=self.batch_norm_config)
-        self._activation_fn = activations.get_activation(activation)
+        self._build_bn_and_activation()
 
-    def call(self, inputs, training=None):
-        x = inputs
-        if self._padding is not None:
-            begin, end = self._padding
-            x = tf.pad(x, [[0, 0], [begin, end], [begin, end], [0, 0]])
-        x = self._depthwise_conv(x)
-        if self.use_bn:
-            x = self._batch_norm(x, training=training)
-        return self._activation_fn(x)
-
-    def get_config(self):
-        config = super().get_config()
-        config.update({
-            "kernel_size": self.kernel_size,
-            "strides": self.strides,
-            "atrous_rate": self.atrous_rate,
-            "use_bias": self.use_bias,
-            "use_bn": self.use_bn,
-            "activation": self.activation,
-            "batch_norm_config": dict(self.batch_norm_config),
-        })
-        return config
+    def _convolution(self):
+        return self._depthwise_conv
 
 
 @keras.saving.register_keras_serializable(package="max_deeplab_tf")
