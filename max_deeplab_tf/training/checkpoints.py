@@ -55,14 +55,15 @@ def model_view(model):
       ValueError: listing any model variable the walk cannot reach.
     """
     nodes = {id(model): tf.__internal__.tracking.AutoTrackable()}
+    reached = set()
     for parent, name, child in checkpoint_keys.walk_edges(model):
         if checkpoint_keys.is_variable(child):
             mirror = child
+            reached.add(id(child))
         else:
             mirror = nodes[id(child)] = (
                 tf.__internal__.tracking.AutoTrackable())
         nodes[id(parent)]._track_trackable(mirror, name=name)
-    reached = {id(v) for v in variable_keys(model).values()}
     lost = [v.path if hasattr(v, "path") else v.name
             for v in getattr(model, "variables", []) if id(v) not in reached]
     if lost:
