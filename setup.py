@@ -25,6 +25,8 @@ setuptools.setup(
         # is older still (see protos/regenerate.py).
         'protobuf>=5.28.0',
         'pillow',
+        # Progress bars of the converter, predict and the PQ command.
+        'tqdm',
     ],
     extras_require={
         'test': [

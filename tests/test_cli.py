@@ -1,0 +1,99 @@
+"""Tests of max_deeplab_tf.cli: one-line errors, exit codes, --verbose, progress."""
+
+import io
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from max_deeplab_tf import cli
+
+_SCRIPT = textwrap.dedent("""
+    import sys
+    from max_deeplab_tf import cli
+
+    def main(argv):
+        kind = sys.argv[1]
+        if kind == "user":
+            raise cli.UserError("--images: 'x/*.jpg' matches no file")
+        if kind == "multi":
+            raise cli.UserError("two problems:\\n  a: bad\\n  b: worse")
+        if kind == "bug":
+            raise KeyError("boom")
+        return 0
+
+    cli.run_main(main)
+""")
+
+
+def _run(*args):
+    return subprocess.run([sys.executable, "-c", _SCRIPT, *args],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_user_error_is_one_line_with_exit_2():
+    result = _run("user")
+    assert result.returncode == 2
+    assert result.stderr == "error: --images: 'x/*.jpg' matches no file\n"
+
+
+def test_multi_line_message_is_folded_onto_one_line():
+    result = _run("multi")
+    assert result.returncode == 2
+    assert result.stderr == "error: two problems:; a: bad; b: worse\n"
+
+
+def test_verbose_adds_the_traceback():
+    result = _run("user", "--verbose")
+    assert result.returncode == 2
+    assert "Traceback (most recent call last)" in result.stderr
+    assert result.stderr.rstrip().endswith(
+        "error: --images: 'x/*.jpg' matches no file")
+
+
+def test_a_bug_is_an_internal_error_with_exit_1():
+    result = _run("bug")
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert result.stderr.startswith("internal error: KeyError: 'boom'")
+    assert "--verbose" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_success_exits_0_and_prints_nothing():
+    result = _run("ok")
+    assert (result.returncode, result.stderr) == (0, "")
+
+
+def test_config_error_counts_as_user_error():
+    from max_deeplab_tf.config import ConfigError
+    assert cli.is_user_error(ConfigError("c.textproto", ["c:1: x: bad"]))
+    assert not cli.is_user_error(ValueError("x"))
+
+
+@pytest.mark.parametrize("argv,expected", [
+    (["--verbose"], True), (["--verbose=true"], True), (["-v"], False),
+    (["--verbose=false"], False), (["--", "--verbose"], False), ([], False)])
+def test_wants_traceback(argv, expected):
+    assert cli.wants_traceback(argv) is expected
+
+
+def test_progress_writes_plain_lines_when_not_a_terminal():
+    stream = io.StringIO()
+    with cli.Progress(total=5, desc="convert", every=2,
+                      stream=stream) as progress:
+        for _ in range(5):
+            progress.update()
+    lines = stream.getvalue().splitlines()
+    # Every second item and the last: 2, 4, 5.
+    assert [line.split(",")[0] for line in lines] == [
+        "convert: 2/5 images", "convert: 4/5 images", "convert: 5/5 images"]
+
+
+def test_progress_disabled_writes_nothing():
+    stream = io.StringIO()
+    with cli.Progress(total=3, desc="x", stream=stream,
+                      enabled=False) as progress:
+        progress.update(3)
+    assert stream.getvalue() == ""
