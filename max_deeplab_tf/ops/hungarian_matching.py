@@ -54,15 +54,24 @@ XLA: the solver always runs as a nested tf.function(jit_compile=True): on
 the 2-core CPU it is 2-15x faster than the same ops as a plain graph (a loop
 step is a few dozen tiny ops; see benchmarks/matcher.py). Inside an outer
 XLA function it is simply inlined. Sizes may change from call to call; each
-new shape is compiled once (~1.3 s on the 2-core CPU). XLA:CPU hands some
-work to other intra-op threads, so the loop slows down (up to ~2-3x) when
-another process keeps a core busy.
+new shape is compiled once (~1.3 s on the 2-core CPU). XLA:CPU splits ops
+it deems large over its intra-op threads; a split costs a thread handoff,
+which inside the loop (one per step) outweighs the work unless the batch is
+large, so the per-step cost-row gather is written so that XLA keeps it on
+one thread below 4096 gathered values a step (see
+`_shortest_augmenting_paths`). The set-up ops over the whole cost matrix
+may still be split; they run once per call.
 """
 
 import numpy as np
 import tensorflow as tf
 
 __all__ = ["hungarian_matching"]
+
+# From this many cost values gathered per search step (batch x targets),
+# the step's row gather is left to XLA to split over threads (see
+# _shortest_augmenting_paths).
+_SPLIT_GATHER_VALUES = 4096
 
 
 def hungarian_matching(cost, valid_columns=None) -> tf.Tensor:
@@ -282,15 +291,16 @@ def _shortest_augmenting_paths(a, item_active, target_valid):
     best = tf.reduce_min(
         tf.where(tf.equal(masked, row_min), target_ids[:, None, :],
                  num_targets), axis=2)
-    best = tf.where(item_active, best, 0)
-    batch_ids = tf.broadcast_to(tf.range(batch)[:, None], tf.shape(best))
-    winner = tf.tensor_scatter_nd_min(
-        tf.fill([batch, num_targets], num_items),
-        tf.reshape(tf.stack([batch_ids, best], axis=-1), [-1, 2]),
-        tf.reshape(tf.where(item_active, item_ids, num_items), [-1]))
+    best = tf.where(item_active, best, num_targets)
+    # winner[t]: the lowest active item whose cheapest target is t. A
+    # compare-and-reduce over [batch, items, targets] fuses into one kernel;
+    # a scatter would be a serial loop on CPU.
+    winner = tf.reduce_min(
+        tf.where(tf.equal(best[:, :, None], target_ids[:, None, :]),
+                 item_ids[:, :, None], num_items), axis=1)
     won = tf.logical_and(
-        item_active, tf.equal(tf.gather(winner, best, batch_dims=1),
-                              item_ids))
+        item_active, tf.equal(tf.gather(winner, tf.minimum(
+            best, num_targets - 1), batch_dims=1), item_ids))
     item_to_target = tf.where(won, best, -1)
     target_to_item = tf.where(winner < num_items, winner, -1)
 
@@ -307,27 +317,50 @@ def _shortest_augmenting_paths(a, item_active, target_valid):
     #   dist: tentative distances of the current search, -inf once scanned.
     #   pred: predecessor item of each target in the search tree.
     #   root_index: which root is being searched (done when >= num_roots).
-    #   cur: item being scanned.
+    #   cur_row: [batch, 1] the row of a_rows (below) of the item being
+    #     scanned, cur.
     #   flip_target: -1 while searching, else the target reached while
     #     flipping the augmenting path back to the root.
+    # Every step reads the cost row of item cur. As a gather from all rows
+    # [batch * items, targets] with a loop-carried [batch, 1] index it stays
+    # one plain gather op on one thread. Written as a gather with batch_dims
+    # instead, XLA fuses the index arithmetic into it, its cost model then
+    # counts the whole matrix and splits every step's gather over two
+    # threads: on the 2-core CPU a thread handoff per step, which made the
+    # loop 2.2x slower for [8, 128, 128] (21.4 vs 9.7 ms a call), but 1.2x
+    # faster for [64, 128, 128] (152 vs 188 ms), where each step gathers
+    # 8192 values (min of 9 calls each, one process, load average ~6).
+    # Hence the split gather from 4096 gathered values a step (between the
+    # two measured sizes) when the sizes are known.
+    a_rows = tf.reshape(a, tf.stack([batch * num_items, num_targets]))
+    row_base = tf.range(batch) * num_items
+    static_batch, static_targets = a.shape[0], a.shape[2]
+    split_row_gather = (static_batch is not None
+                        and static_targets is not None
+                        and static_batch * static_targets
+                        >= _SPLIT_GATHER_VALUES)
     state = (
         tf.zeros([batch, num_targets], dtype),
         tf.fill([batch, num_targets], inf),
         tf.zeros([batch, num_targets], tf.int32),
         item_to_target, target_to_item,
-        tf.zeros([batch], tf.int32), roots[:, 0],
+        tf.zeros([batch], tf.int32), (row_base + roots[:, 0])[:, None],
         tf.fill([batch], -1))
     neg_inf = -inf
 
-    def body(v, dist, pred, item_to_target, target_to_item, root_index, cur,
-             flip_target):
+    def body(v, dist, pred, item_to_target, target_to_item, root_index,
+             cur_row, flip_target):
+        cur = cur_row[:, 0] - row_base
         scanning = tf.logical_and(root_index < num_roots, flip_target < 0)
         scanning2 = scanning[:, None]
 
         # Scan step: relax the targets reached through item `cur`. Its dual
         # is a[cur, t] - v_t for its matched target t, or 0 for the root;
         # the distance of t is already in v_t, hence:
-        row = tf.gather(a, cur, batch_dims=1)
+        if split_row_gather:
+            row = tf.gather(a, cur, batch_dims=1)
+        else:
+            row = tf.gather_nd(a_rows, cur_row)
         matched = tf.gather(item_to_target, cur, batch_dims=1)
         safe = tf.maximum(matched, 0)
         offset = tf.where(matched >= 0,
@@ -388,7 +421,7 @@ def _shortest_augmenting_paths(a, item_active, target_valid):
         cur = tf.where(finished, new_root, cur)
         dist = tf.where(finished[:, None], inf, dist)
         return (v, dist, pred, item_to_target, target_to_item, root_index,
-                cur, flip_target)
+                (row_base + cur)[:, None], flip_target)
 
     def cond(*state):
         return tf.reduce_any(state[5] < num_roots)

@@ -360,6 +360,9 @@ def test_command_agrees_with_streaming_and_brute_force(files):
                 reference[group][metric_name], abs=1e-6)
     assert set(command["per_class"]) == set(stream["per_class"])
     assert set(command["per_class"]) <= {str(c) for c in CATEGORY.values()}
+    names = dict(zip(("7", "9", "20", "31"), COCO_DESCRIPTOR.class_names[1:]))
+    for category, values in command["per_class"].items():
+        assert values["name"] == names[category]
     # The data exercises every rule: matches, misses, crowd, void.
     totals = {k: sum(v[k] for v in command["per_class"].values())
               for k in ("tp", "fp", "fn")}
@@ -391,6 +394,11 @@ def _edit_json(path, edit):
     ("missing_prediction", "no prediction for 1 ground-truth image"),
     ("not_rgb", "expected an RGB PNG"),
     ("not_json", "not a JSON"),
+    ("json_list", "expected a JSON object"),
+    ("annotation_not_object", "expected each annotation to be an object"),
+    ("segment_not_object", "is not an object"),
+    ("string_segment_id", "non-integer 'id' or 'category_id'"),
+    ("no_annotations", "lists no annotations"),
 ])
 def test_malformed_input_is_rejected(tmp_path, problem, message):
     from PIL import Image
@@ -416,17 +424,235 @@ def test_malformed_input_is_rejected(tmp_path, problem, message):
         Image.new("L", (24, 20)).save(f"{pred_dir}/img0.png")
     elif problem == "not_json":
         open(pred_json, "w").write("{not json")
+    elif problem == "json_list":
+        open(pred_json, "w").write("[]")
+    elif problem == "annotation_not_object":
+        _edit_json(pred_json, lambda d: d["annotations"].append("img9"))
+    elif problem == "segment_not_object":
+        _edit_json(gt_json, lambda d: first(d).append(7))
+    elif problem == "string_segment_id":
+        _edit_json(pred_json, lambda d: first(d)[0].update(id="a"))
+    elif problem == "no_annotations":
+        _edit_json(gt_json, lambda d: d.update(annotations=[]))
     with pytest.raises(panoptic_quality.PanopticInputError, match=message):
         panoptic_quality.evaluate(gt_json, gt_dir, pred_json, pred_dir,
                                   workers=1)
 
 
-def test_command_reports_errors_with_exit_status(tmp_path, capsys):
-    rng = np.random.RandomState(4)
+def _run_command(args, timeout=120):
+    """Runs the command in a subprocess; returns the CompletedProcess."""
+    import subprocess
+    import sys
+
+    return subprocess.run(
+        [sys.executable, "-m", "max_deeplab_tf.evaluation.panoptic_quality"]
+        + list(args), capture_output=True, text=True, timeout=timeout)
+
+
+def _dataset_args(tmp_path, seed=4, size=12):
+    rng = np.random.RandomState(seed)
     gt_json, gt_dir, pred_json, pred_dir = write_dataset(
-        str(tmp_path), [random_pair(rng, 12, 12)])
-    status = panoptic_quality.main([
-        "--gt_json", gt_json, "--gt_dir", gt_dir, "--pred_json",
-        f"{tmp_path}/absent.json", "--pred_dir", pred_dir, "--workers", "1"])
-    assert status == 2
-    assert "absent.json: file not found" in capsys.readouterr().err
+        str(tmp_path), [random_pair(rng, size, size)])
+    return ["--gt_json", gt_json, "--gt_dir", gt_dir, "--pred_json",
+            pred_json, "--pred_dir", pred_dir, "--workers", "1"]
+
+
+def test_command_reports_errors_in_one_line_with_exit_status(tmp_path,
+                                                             capsys):
+    from max_deeplab_tf import cli
+
+    args = _dataset_args(tmp_path)
+    args[args.index("--pred_json") + 1] = f"{tmp_path}/absent.json"
+    with pytest.raises(SystemExit) as exit_info:
+        cli.run_main(panoptic_quality.main, args)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err == f"error: {tmp_path}/absent.json: file not found\n"
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--gt_dir", "missing_folder", "--gt_dir: "),
+    ("--pred_json", "gt/png/img0.png", "not a JSON panoptic prediction file"),
+])
+def test_command_bad_input_is_one_line_and_traceback_with_verbose(
+        tmp_path, flag, value, message):
+    args = _dataset_args(tmp_path)
+    args[args.index(flag) + 1] = f"{tmp_path}/{value}"
+    run = _run_command(args)
+    assert run.returncode == 2
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), run.stderr
+    assert message in lines[0] and f"{tmp_path}/{value}" in lines[0]
+    verbose = _run_command(args + ["--verbose"])
+    assert verbose.returncode == 2
+    assert "Traceback (most recent call last)" in verbose.stderr
+
+
+def test_command_does_not_import_tensorflow_for_local_paths(tmp_path):
+    import subprocess
+    import sys
+
+    args = _dataset_args(tmp_path) + ["--output_json", f"{tmp_path}/pq.json"]
+    # Run the module as `python -m` does, then report what was imported.
+    code = (
+        "import runpy, sys\n"
+        f"sys.argv = ['panoptic_quality'] + {args!r}\n"
+        "try:\n"
+        "    runpy.run_module('max_deeplab_tf.evaluation.panoptic_quality',"
+        " run_name='__main__', alter_sys=True)\n"
+        "except SystemExit as e:\n"
+        "    assert not e.code, e.code\n"
+        "print('IMPORTED', sorted(m for m in sys.modules if m == 'tensorflow'"
+        " or m.startswith('tensorflow.')))\n")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert "IMPORTED []" in run.stdout, run.stdout[-500:]
+    assert "All" in run.stdout
+    assert json_lib_load(f"{tmp_path}/pq.json")["All"]["n"] > 0
+
+
+def json_lib_load(path):
+    import json as json_lib
+
+    with open(path) as f:
+        return json_lib.load(f)
+
+
+def test_output_json_is_never_overwritten_without_overwrite(tmp_path):
+    import os
+
+    output = tmp_path / "out" / "pq.json"
+    output.parent.mkdir()
+    output.write_text("the user's notes")
+    args = _dataset_args(tmp_path) + ["--output_json", str(output)]
+    run = _run_command(args)
+    assert run.returncode == 2
+    assert run.stderr == (f"error: --output_json: {output} already exists; "
+                          "pass --overwrite to replace it\n")
+    assert output.read_text() == "the user's notes"
+    assert os.listdir(output.parent) == ["pq.json"]
+
+    run = _run_command(args + ["--overwrite"])
+    assert run.returncode == 0, run.stderr
+    assert json_lib_load(output)["All"]["n"] > 0
+    # Written through a temporary file in the same folder, then renamed: no
+    # temporary file is left behind.
+    assert os.listdir(output.parent) == ["pq.json"]
+
+
+def test_output_json_into_a_new_folder_and_not_under_a_file(tmp_path):
+    output = tmp_path / "new" / "folder" / "pq.json"
+    run = _run_command(_dataset_args(tmp_path)
+                       + ["--output_json", str(output)])
+    assert run.returncode == 0, run.stderr
+    assert json_lib_load(output)["All"]["n"] > 0
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    run = _run_command(_dataset_args(tmp_path)
+                       + ["--output_json", f"{blocker}/pq.json"])
+    assert run.returncode == 2
+    assert f"--output_json: {blocker} is a file" in run.stderr
+    assert blocker.read_text() == "x"
+
+
+def test_write_json_file_refuses_a_file_that_appears_meanwhile(tmp_path):
+    from max_deeplab_tf import cli
+
+    path = tmp_path / "pq.json"
+    panoptic_quality.write_json_file(str(path), {"a": 1})
+    assert json_lib_load(path) == {"a": 1}
+    with pytest.raises(cli.UserError, match="already exists"):
+        panoptic_quality.write_json_file(str(path), {"a": 2})
+    assert json_lib_load(path) == {"a": 1}
+    panoptic_quality.write_json_file(str(path), {"a": 3}, overwrite=True)
+    assert json_lib_load(path) == {"a": 3}
+    assert [p.name for p in tmp_path.iterdir()] == ["pq.json"]
+
+
+def test_progress_is_plain_lines_when_not_a_terminal(tmp_path):
+    rng = np.random.RandomState(5)
+    gt_json, gt_dir, pred_json, pred_dir = write_dataset(
+        str(tmp_path), [random_pair(rng, 10, 10) for _ in range(3)])
+    run = _run_command(["--gt_json", gt_json, "--gt_dir", gt_dir,
+                        "--pred_json", pred_json, "--pred_dir", pred_dir,
+                        "--workers", "2"])
+    assert run.returncode == 0, run.stderr
+    assert run.stderr.strip().splitlines()[-1].startswith(
+        "panoptic quality: 3/3 images, ")
+
+
+def test_remote_paths_are_read_through_gfile(files):
+    """ram:// is TensorFlow's in-memory file system: reading it needs gfile,
+    which the command imports only for such paths."""
+    import os
+
+    _, (gt_json, gt_dir, pred_json, pred_dir), _ = files
+    root = "ram://pq_remote"
+    for local, folder in ((gt_dir, "gt"), (pred_dir, "pred")):
+        tf.io.gfile.makedirs(f"{root}/{folder}")
+        for name in os.listdir(local):
+            tf.io.gfile.copy(f"{local}/{name}", f"{root}/{folder}/{name}",
+                             overwrite=True)
+    tf.io.gfile.copy(gt_json, f"{root}/gt.json", overwrite=True)
+    tf.io.gfile.copy(pred_json, f"{root}/pred.json", overwrite=True)
+    remote = panoptic_quality.evaluate(f"{root}/gt.json", f"{root}/gt",
+                                       f"{root}/pred.json", f"{root}/pred",
+                                       workers=1)
+    local = panoptic_quality.evaluate(gt_json, gt_dir, pred_json, pred_dir,
+                                      workers=1)
+    assert remote == local
+    with pytest.raises(panoptic_quality.PanopticInputError,
+                       match=f"{root}/absent.json: file not found"):
+        panoptic_quality.evaluate(gt_json, gt_dir, f"{root}/absent.json",
+                                  pred_dir, workers=1)
+    panoptic_quality.write_json_file(f"{root}/out/pq.json", local)
+    with tf.io.gfile.GFile(f"{root}/out/pq.json") as f:
+        assert f.read().startswith("{")
+    assert tf.io.gfile.listdir(f"{root}/out") == ["pq.json"]
+
+
+def _pair_counts_brute_force(gt_ids, pred_ids):
+    """(gt id, pred id) -> pixel count, one pixel at a time."""
+    counts = {}
+    for g, p in zip(np.ravel(gt_ids).tolist(), np.ravel(pred_ids).tolist()):
+        counts[(g, p)] = counts.get((g, p), 0) + 1
+    return counts
+
+
+def _pair_counts_of_runs(gt_run_ids, pred_run_ids, lengths):
+    counts = {}
+    for g, p, n in zip(gt_run_ids.tolist(), pred_run_ids.tolist(),
+                       lengths.tolist()):
+        counts[(g, p)] = counts.get((g, p), 0) + n
+    return counts
+
+
+@pytest.mark.parametrize("height, width, levels", [
+    (1, 1, 3), (1, 9, 2), (9, 1, 2), (7, 11, 2), (16, 16, 5), (5, 40, 300),
+])
+def test_runs_count_every_pixel_pair(height, width, levels):
+    """The run-length counting against a pixel-by-pixel count, on maps
+    with runs of every length, changes in one channel only (R, G or B) and
+    ids that differ only in the high byte."""
+    rng = np.random.RandomState(height * 100 + width)
+    for _ in range(20):
+        # Few distinct ids per map, so that runs are long; each id picked
+        # from pairs that share two of three bytes.
+        base = rng.randint(0, 256 ** 3, size=levels)
+        choices = np.concatenate([base, base ^ 1, base ^ (1 << 8),
+                                  base ^ (1 << 16)])
+        gt = rng.choice(choices, size=(height, width))
+        pred = rng.choice(choices, size=(height, width))
+        # Long runs as well: repeat some rows and columns.
+        if rng.rand() < 0.5:
+            gt[:, : width // 2] = gt[:, :1]
+            pred[: height // 2] = pred[:1]
+        expected = _pair_counts_brute_force(gt, pred)
+        gt_rgb = panoptic_quality.id_to_rgb(gt)
+        pred_rgb = panoptic_quality.id_to_rgb(pred)
+        assert _pair_counts_of_runs(*panoptic_quality._runs_of_rgb(
+            gt_rgb, pred_rgb)) == expected
+        assert _pair_counts_of_runs(*panoptic_quality._runs_of_ids(
+            gt, pred)) == expected

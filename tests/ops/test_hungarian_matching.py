@@ -263,6 +263,19 @@ def test_graph_and_xla_paths(mode):
     np.testing.assert_array_equal(out, run(cost, valid, "eager"))
 
 
+def test_large_batches_take_the_split_row_gather():
+    """From 4096 gathered values a step the solver reads cost rows with a
+    gather that XLA may split over threads (see _shortest_augmenting_paths);
+    it must give the same optimum."""
+    rng = np.random.default_rng(14)
+    cost = np.concatenate([rng.uniform(size=(20, 16, 256)),
+                           loss_like(rng, 20, 16, 256)])
+    valid = random_valid(rng, 40, 256, low=1)
+    # Still large enough if the threshold moves.
+    assert 40 * 256 >= matching_module._SPLIT_GATHER_VALUES
+    check_assignments(run(cost, valid), cost, valid)
+
+
 def test_plain_graph_solver_without_xla():
     # The solver as an ordinary graph (what benchmarks/matcher.py times).
     rng = np.random.default_rng(12)
