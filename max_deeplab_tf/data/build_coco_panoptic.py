@@ -26,6 +26,9 @@ Outputs, in output_dir:
                                 dataset config names it by path, or by
                                 'coco_panoptic' / 'synthetic_panoptic' when
                                 the categories are those of a built-in.
+                                A custom dataset is named by
+                                --dataset_name (default: the name of the
+                                dataset folder, --coco_root).
 
 Labels follow deeplab2's build_coco_data.py: panoptic = semantic *
 label_divisor + instance, instances numbered from 1 per class in the
@@ -34,14 +37,22 @@ segment covers) is ignore_label * label_divisor; crowd thing segments become
 void (deeplab2's default --treat_crowd_as_ignore) or, with
 --notreat_crowd_as_ignore, keep their class with instance 0.
 
-Each shard is written under a temporary name and renamed when complete;
-a re-run skips complete shards and removes temporary leftovers, so an
-interrupted conversion resumes. Shards are written by --num_workers
-processes (one shard per task). Any problem in the inputs stops the
-conversion with an error naming the file and the problem.
+Each shard is written in the hidden folder output_dir/.partial/ and moved
+into output_dir when complete, so no shard pattern (`S-*`) ever matches a
+partial file, even after a hard kill. A re-run skips complete shards and
+removes the partial files of earlier runs, so an interrupted conversion
+resumes. The converter never deletes or replaces a file it did not create:
+a user's files in output_dir are left alone, and a different
+dataset_descriptor.json or shards of another shard count stop it.
+Shards are written by --num_workers processes (one shard per task).
+
+Any problem in the inputs stops the conversion with one line naming the
+file and the problem (exit code 2; the traceback with --verbose). A JSON
+without images is such a problem unless --allow_empty.
 """
 
 import dataclasses
+import glob as glob_module
 import io
 import json
 import logging as std_logging
@@ -49,27 +60,80 @@ import math
 import multiprocessing
 import os
 import posixpath
-import time
+import re
+import sys
 import uuid
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from absl import app
 from absl import flags
 from absl import logging
 import numpy as np
 
+from max_deeplab_tf import cli
+
 DESCRIPTOR_FILENAME = "dataset_descriptor.json"
+# Partial files live in this hidden subfolder of output_dir: a glob such as
+# 'out/train-*' never descends into it.
+PARTIAL_DIRNAME = ".partial"
 _TEMP_MARKER = ".tmp-"
 DEFAULT_IMAGES_PER_SHARD = 128
 
 
-class ConversionError(ValueError):
-    """A problem in the input dataset; the message names the file."""
+class ConversionError(cli.UserError):
+    """A problem in the input dataset or the output folder; the message
+    names the file. Reported by the command as one line, exit code 2."""
 
 
-def _gfile():
+class _LocalFiles:
+    """The part of tf.io.gfile the converter uses, for local paths: a
+    conversion that fails on its inputs does so before TensorFlow is
+    imported, in about a second."""
+
+    exists = staticmethod(os.path.exists)
+    isdir = staticmethod(os.path.isdir)
+    listdir = staticmethod(os.listdir)
+    remove = staticmethod(os.remove)
+    GFile = staticmethod(open)  # pylint: disable=invalid-name
+
+    @staticmethod
+    def glob(pattern: str) -> List[str]:
+        return sorted(glob_module.glob(pattern))
+
+    @staticmethod
+    def makedirs(path: str) -> None:
+        os.makedirs(path, exist_ok=True)
+
+    @staticmethod
+    def rename(source: str, target: str, overwrite: bool = False) -> None:
+        if not overwrite and os.path.exists(target):
+            raise FileExistsError(target)
+        os.replace(source, target)
+
+
+def _gfile(path: str = ""):
+    """tf.io.gfile for remote paths (gs://, ram://), _LocalFiles else."""
+    if "://" not in path:
+        return _LocalFiles
     import tensorflow as tf  # Imported late: workers start faster.
     return tf.io.gfile
+
+
+def _exists(path: str) -> bool:
+    return _gfile(path).exists(path)
+
+
+def _isdir(path: str) -> bool:
+    return _gfile(path).isdir(path)
+
+
+def _file_errors() -> tuple:
+    """What reading or writing a file raises (TF's only once imported)."""
+    tf = sys.modules.get("tensorflow")
+    return (OSError,) + ((tf.errors.OpError,) if tf is not None else ())
+
+
+def _error_text(error: BaseException) -> str:
+    return cli.one_line(getattr(error, "message", None) or str(error))
 
 
 def _join(*parts: str) -> str:
@@ -90,6 +154,11 @@ def descriptor_path(output_dir: str) -> str:
     return _join(output_dir, DESCRIPTOR_FILENAME)
 
 
+def partial_dir(output_dir: str) -> str:
+    """The hidden folder where shards are written before they are complete."""
+    return _join(output_dir, PARTIAL_DIRNAME)
+
+
 @dataclasses.dataclass(frozen=True)
 class Layout:
     """Where one split's files are."""
@@ -108,7 +177,6 @@ def resolve_layout(coco_root: Optional[str], split: str,
     Raises:
       ConversionError: listing the paths tried when none exists.
     """
-    gfile = _gfile()
     candidates = []
     if coco_root:
         candidates = [
@@ -125,12 +193,12 @@ def resolve_layout(coco_root: Optional[str], split: str,
     chosen = None
     if annotation_json:
         # The PNG folder is named after the JSON in COCO and Cityscapes.
-        existing_images = [c[2] for c in candidates if gfile.isdir(c[2])]
+        existing_images = [c[2] for c in candidates if _isdir(c[2])]
         chosen = (annotation_json, posixpath.splitext(annotation_json)[0],
                   existing_images[0] if existing_images else None)
     else:
         for candidate in candidates:
-            if gfile.exists(candidate[0]):
+            if _exists(candidate[0]):
                 chosen = candidate
                 break
     if chosen is None:
@@ -141,14 +209,14 @@ def resolve_layout(coco_root: Optional[str], split: str,
     layout = Layout(annotation_json=chosen[0],
                     panoptic_dir=panoptic_dir or chosen[1],
                     image_dir=image_dir or chosen[2] or "")
-    if not gfile.exists(layout.annotation_json):
+    if not _exists(layout.annotation_json):
         raise ConversionError(
             f"{layout.annotation_json}: annotation JSON does not exist")
-    if not layout.image_dir or not gfile.isdir(layout.image_dir):
+    if not layout.image_dir or not _isdir(layout.image_dir):
         raise ConversionError(
             f"{layout.image_dir or '(none)'}: image folder for split "
             f"{split!r} does not exist; pass --image_dir")
-    if not gfile.isdir(layout.panoptic_dir):
+    if not _isdir(layout.panoptic_dir):
         raise ConversionError(
             f"{layout.panoptic_dir}: panoptic PNG folder for split {split!r} "
             "does not exist; pass --panoptic_dir")
@@ -178,18 +246,47 @@ class LabelSpec:
 
 def read_annotations(json_path: str) -> dict:
     """Loads and structurally checks a COCO panoptic JSON."""
-    gfile = _gfile()
+    raw = _read_bytes(json_path, "annotation JSON")
     try:
-        with gfile.GFile(json_path, "r") as f:
-            data = json.load(f)
+        data = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConversionError(f"{json_path}: not UTF-8 text (byte {e.start}); "
+                              "expected a UTF-8 COCO panoptic JSON")
     except json.JSONDecodeError as e:
         raise ConversionError(f"{json_path}: not valid JSON: {e}")
     if not isinstance(data, dict):
-        raise ConversionError(f"{json_path}: expected a JSON object")
+        raise ConversionError(f"{json_path}: expected a JSON object with "
+                              "'images', 'annotations' and 'categories'")
     for key in ("images", "annotations", "categories"):
         if not isinstance(data.get(key), list):
             raise ConversionError(f"{json_path}: lacks the list {key!r}")
     return data
+
+
+def _read_bytes(path: str, what: str) -> bytes:
+    """A whole file; a missing or unreadable one is a ConversionError."""
+    try:
+        with _gfile(path).GFile(path, "rb") as f:
+            return f.read()
+    except _file_errors() as e:
+        raise ConversionError(f"{path}: cannot read the {what}: "
+                              f"{_error_text(e)}") from e
+
+
+def _check_file_name(name, json_path: str, where: str) -> str:
+    """A JSON file_name must be a non-empty string that is valid UTF-8
+    (JSON admits lone surrogates such as \\udcff, which no file system path
+    can hold)."""
+    if not isinstance(name, str) or not name:
+        raise ConversionError(f"{json_path}: {where} has file_name {name!r}; "
+                              "expected a non-empty string")
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ConversionError(
+            f"{json_path}: {where} has file_name {name!r}, which is not valid "
+            "UTF-8 text; expected the file's name as UTF-8") from None
+    return name
 
 
 def _segment_field(segment, field, json_path, png_name):
@@ -215,21 +312,38 @@ def build_tasks(data: dict, json_path: str,
         category, or more instances of a class than label_divisor allows.
     """
     images = {}
-    for image in data["images"]:
-        if "id" not in image or "file_name" not in image:
-            raise ConversionError(f"{json_path}: image entry lacks 'id' or "
+    for index, image in enumerate(data["images"]):
+        if (not isinstance(image, dict) or "id" not in image or
+                "file_name" not in image):
+            raise ConversionError(f"{json_path}: images[{index}] lacks 'id' or "
                                   f"'file_name': {image!r:.200}")
+        if not isinstance(image["id"], (int, str)) or isinstance(
+                image["id"], bool):
+            raise ConversionError(f"{json_path}: images[{index}] has id "
+                                  f"{image['id']!r}; expected an integer")
+        _check_file_name(image["file_name"], json_path,
+                         f"image id {image['id']!r}")
         if image["id"] in images:
             raise ConversionError(f"{json_path}: duplicate image id "
                                   f"{image['id']!r}")
         images[image["id"]] = image
     annotations = {}
-    for annotation in data["annotations"]:
+    for index, annotation in enumerate(data["annotations"]):
+        if not isinstance(annotation, dict):
+            raise ConversionError(f"{json_path}: annotations[{index}] is not "
+                                  f"a JSON object: {annotation!r:.200}")
         for field in ("image_id", "file_name", "segments_info"):
             if field not in annotation:
                 raise ConversionError(
                     f"{json_path}: annotation lacks {field!r}: "
                     f"{annotation!r:.200}")
+        _check_file_name(annotation["file_name"], json_path,
+                         f"the annotation of image id "
+                         f"{annotation['image_id']!r}")
+        if not isinstance(annotation["segments_info"], list):
+            raise ConversionError(
+                f"{json_path}: segments_info of {annotation['file_name']} is "
+                f"{annotation['segments_info']!r:.100}; expected a list")
         image_id = annotation["image_id"]
         if image_id in annotations:
             raise ConversionError(f"{json_path}: two annotations for image id "
@@ -250,19 +364,30 @@ def build_tasks(data: dict, json_path: str,
         per_class = {}
         seen_ids = set()
         for segment in annotation["segments_info"]:
+            if not isinstance(segment, dict):
+                raise ConversionError(
+                    f"{json_path}: a segment of {png_name} is not a JSON "
+                    f"object: {segment!r:.200}")
             segment_id = _segment_field(segment, "id", json_path, png_name)
             category = _segment_field(segment, "category_id", json_path,
                                       png_name)
+            if not isinstance(segment_id, int) or isinstance(
+                    segment_id, bool) or not 0 < segment_id < 256**3:
+                raise ConversionError(
+                    f"{json_path}: {png_name} has segment id {segment_id!r}, "
+                    "expected an integer in 1..16777215")
             if segment_id in seen_ids:
                 raise ConversionError(f"{json_path}: {png_name} lists segment "
                                       f"id {segment_id} twice")
             seen_ids.add(segment_id)
-            if not isinstance(segment_id, int) or not (
-                    0 < segment_id < 256**3):
+            if "area" in segment and (
+                    not isinstance(segment["area"], (int, float)) or
+                    isinstance(segment["area"], bool)):
                 raise ConversionError(
-                    f"{json_path}: {png_name} has segment id {segment_id!r}, "
-                    "expected an integer in 1..16777215")
-            if category not in category_to_class:
+                    f"{json_path}: segment {segment_id} of {png_name} has "
+                    f"area {segment['area']!r}; expected a number of pixels")
+            if isinstance(category, bool) or not isinstance(
+                    category, int) or category not in category_to_class:
                 raise ConversionError(
                     f"{json_path}: segment {segment_id} of {png_name} has "
                     f"category_id {category!r}, which is not among the JSON's "
@@ -291,7 +416,9 @@ def build_tasks(data: dict, json_path: str,
 
 def panoptic_label(png_data: bytes, segments: Sequence[dict],
                    spec: LabelSpec, png_path: str,
-                   json_path: str) -> np.ndarray:
+                   json_path: str,
+                   image_size: Optional[Tuple[int, int, str]] = None
+                   ) -> np.ndarray:
     """The int32 [height, width] label of one COCO panoptic PNG.
 
     Args:
@@ -300,14 +427,16 @@ def panoptic_label(png_data: bytes, segments: Sequence[dict],
       spec: Category mapping and encoding.
       png_path: Path of the PNG, for error messages.
       json_path: Path of the JSON, for error messages.
+      image_size: (height, width, image path) of the image the PNG labels;
+        a PNG of another size is reported as such, before any area.
 
     Returns:
-      semantic * label_divisor + instance per pixel.
+      int32 [height, width]: semantic * label_divisor + instance per pixel.
 
     Raises:
       ConversionError: naming the files, when the PNG cannot be read, is not
-        RGB, holds a segment id the JSON lacks (or the reverse), or a
-        segment's area differs from its pixel count.
+        RGB, is not the image's size, holds a segment id the JSON lacks (or
+        the reverse), or a segment's area differs from its pixel count.
     """
     from PIL import Image
 
@@ -322,6 +451,11 @@ def panoptic_label(png_data: bytes, segments: Sequence[dict],
     if rgb is None:
         raise ConversionError(f"{png_path}: panoptic PNG has mode {mode!r}, "
                               "expected RGB-encoded segment ids")
+    if image_size is not None and rgb.shape[:2] != tuple(image_size[:2]):
+        raise ConversionError(
+            f"{png_path}: panoptic PNG is {rgb.shape[0]}x{rgb.shape[1]} "
+            f"(height x width) but its image {image_size[2]} is "
+            f"{image_size[0]}x{image_size[1]}; expected the same size")
     ids = rgb[..., 0] + 256 * rgb[..., 1] + 65536 * rgb[..., 2]
     unique, inverse, counts = np.unique(ids, return_inverse=True,
                                         return_counts=True)
@@ -365,13 +499,12 @@ def _image_bytes(image_path: str, image_id, json_path: str):
     """Reads an image; returns (bytes, format, height, width)."""
     from PIL import Image
 
-    gfile = _gfile()
+    gfile = _gfile(image_path)
     if not gfile.exists(image_path):
         raise ConversionError(
             f"{image_path}: image (id {image_id!r}, listed in {json_path}) "
             "does not exist")
-    with gfile.GFile(image_path, "rb") as f:
-        data = f.read()
+    data = _read_bytes(image_path, "image")
     try:
         with Image.open(io.BytesIO(data)) as image:
             image.load()
@@ -397,7 +530,7 @@ class _ImageFinder:
 
     def __call__(self, name: str) -> str:
         direct = _join(self._image_dir, name)
-        gfile = _gfile()
+        gfile = _gfile(direct)
         if gfile.exists(direct):
             return direct
         if self._index is None:
@@ -419,51 +552,40 @@ class ShardTask:
 
 
 def _temp_path(path: str) -> str:
-    return f"{path}{_TEMP_MARKER}{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    """A unique partial-file name for `path`, inside the hidden folder of
+    its directory: no glob of the final names can match it."""
+    folder, name = posixpath.split(path) if "://" in path else os.path.split(
+        path)
+    return _join(partial_dir(folder),
+                 f"{name}{_TEMP_MARKER}{os.getpid()}-{uuid.uuid4().hex[:8]}")
 
 
 def write_shard(task: ShardTask) -> Tuple[str, int]:
-    """Writes one shard under a temporary name, then renames it.
+    """Writes one shard as a partial file, then moves it into place.
 
     Returns:
       (shard path, number of records).
 
     Raises:
-      ConversionError: on any input problem; the temporary file is removed.
+      ConversionError: on any input problem, or when a file of the shard's
+        name appeared meanwhile (it is not replaced); the partial file is
+        removed.
     """
     import tensorflow as tf
-    from max_deeplab_tf.data import tfrecord
 
-    gfile = tf.io.gfile
+    gfile = _gfile(task.path)
     finder = _ImageFinder(task.layout.image_dir)
     temp = _temp_path(task.path)
     try:
         with tf.io.TFRecordWriter(temp) as writer:
             for image in task.images:
-                image_path = finder(image.image_name)
-                data, kind, height, width = _image_bytes(
-                    image_path, image.image_id, task.layout.annotation_json)
-                png_path = _join(task.layout.panoptic_dir, image.png_name)
-                if not gfile.exists(png_path):
-                    raise ConversionError(
-                        f"{png_path}: panoptic PNG (listed in "
-                        f"{task.layout.annotation_json}) does not exist")
-                with gfile.GFile(png_path, "rb") as f:
-                    png_data = f.read()
-                label = panoptic_label(png_data, image.segments, task.spec,
-                                       png_path, task.layout.annotation_json)
-                if label.shape != (height, width):
-                    raise ConversionError(
-                        f"{png_path}: panoptic PNG is {label.shape[0]}x"
-                        f"{label.shape[1]} but image {image_path} is "
-                        f"{height}x{width}")
-                name = posixpath.splitext(
-                    posixpath.basename(image.image_name))[0]
-                example = tfrecord.make_example(
-                    data, kind, name, height, width,
-                    tfrecord.encode_panoptic_label(label))
-                writer.write(example.SerializeToString(deterministic=True))
-        gfile.rename(temp, task.path, overwrite=True)
+                writer.write(_record(image, finder, task))
+        try:
+            gfile.rename(temp, task.path, overwrite=False)
+        except (tf.errors.AlreadyExistsError, FileExistsError):
+            raise ConversionError(
+                f"{task.path}: appeared while this shard was written (another "
+                "conversion into the same folder?); it was left unchanged")
     except BaseException:
         if gfile.exists(temp):
             gfile.remove(temp)
@@ -471,53 +593,150 @@ def write_shard(task: ShardTask) -> Tuple[str, int]:
     return task.path, len(task.images)
 
 
-def _remove_temp_files(output_dir: str, split: str) -> List[str]:
-    gfile = _gfile()
-    stale = gfile.glob(_join(output_dir, f"{split}-*.tfrecord{_TEMP_MARKER}*"))
+def _record(image: ImageTask, finder: "_ImageFinder",
+            task: ShardTask) -> bytes:
+    """The serialized tf.train.Example of one image and its label."""
+    from max_deeplab_tf.data import tfrecord
+
+    layout = task.layout
+    image_path = finder(image.image_name)
+    data, kind, height, width = _image_bytes(image_path, image.image_id,
+                                             layout.annotation_json)
+    png_path = _join(layout.panoptic_dir, image.png_name)
+    if not _gfile(png_path).exists(png_path):
+        raise ConversionError(
+            f"{png_path}: panoptic PNG (listed in {layout.annotation_json}) "
+            "does not exist")
+    label = panoptic_label(_read_bytes(png_path, "panoptic PNG"),
+                           image.segments, task.spec, png_path,
+                           layout.annotation_json,
+                           image_size=(height, width, image_path))
+    name = posixpath.splitext(posixpath.basename(image.image_name))[0]
+    example = tfrecord.make_example(data, kind, name, height, width,
+                                    tfrecord.encode_panoptic_label(label))
+    return example.SerializeToString(deterministic=True)
+
+
+def _remove_partial_files(output_dir: str, split: str) -> List[str]:
+    """Removes the partial shard files of earlier runs of `split`: those in
+    the hidden folder, and those that versions before it left beside the
+    shards (`S-00001-of-00004.tfrecord.tmp-<pid>-<hex>`). Only names of
+    that exact form are touched."""
+    gfile = _gfile(output_dir)
+    ours = re.compile(re.escape(split) + r"-\d{5}-of-\d{5}\.tfrecord" +
+                      re.escape(_TEMP_MARKER) + r"\d+-[0-9a-f]{8}$")
+    candidates = []
+    for folder in (partial_dir(output_dir), output_dir):
+        if gfile.isdir(folder):
+            candidates += gfile.glob(
+                _join(folder, f"{split}-*.tfrecord{_TEMP_MARKER}*"))
+    stale = [p for p in candidates if ours.match(posixpath.basename(p))]
     for path in stale:
         gfile.remove(path)
     return stale
 
 
+def _remove_partial_dir_if_empty(output_dir: str) -> None:
+    """Removes the (local) partial folder when nothing is left in it; object
+    stores (gs://) have no empty folders to remove."""
+    folder = partial_dir(output_dir)
+    if "://" in folder:
+        return
+    try:
+        os.rmdir(folder)  # Fails, harmlessly, unless the folder is empty.
+    except OSError:
+        pass
+
+
 def _write_descriptor(output_dir: str, descriptor) -> str:
-    """Stores the descriptor; refuses to replace a different one."""
+    """Stores the descriptor; an existing one is kept when equal, and a
+    different one (or a foreign file of that name) stops the conversion."""
     from max_deeplab_tf.data import dataset_info
 
-    gfile = _gfile()
+    gfile = _gfile(output_dir)
     path = descriptor_path(output_dir)
     if gfile.exists(path):
-        with gfile.GFile(path, "r") as f:
-            existing = dataset_info.DatasetDescriptor.from_json(f.read(),
-                                                                source=path)
+        try:
+            existing = dataset_info.DatasetDescriptor.from_json(
+                _read_bytes(path, "dataset descriptor").decode(
+                    "utf-8", "replace"), source=path)
+        except (ValueError, TypeError) as e:
+            raise ConversionError(
+                f"{path}: exists and is not a dataset descriptor of this "
+                f"converter ({cli.one_line(e)}); it was left unchanged; "
+                "choose another --output_dir")
         if not dataset_info.same_classes(existing, descriptor):
             raise ConversionError(
                 f"{path}: an existing descriptor describes other classes than "
                 "this split's categories; convert datasets with different "
                 "categories into different output folders")
-        if existing == descriptor:
-            return path
+        if existing != descriptor:
+            differ = [f.name for f in dataclasses.fields(existing)
+                      if getattr(existing, f.name) != getattr(descriptor,
+                                                              f.name)]
+            hint = (f"; pass --dataset_name={existing.name}"
+                    if differ == ["name"] else "")
+            raise ConversionError(
+                f"{path}: an existing descriptor differs from this split's in "
+                f"{differ} (name {existing.name!r}, this run's "
+                f"{descriptor.name!r}); it was left unchanged{hint}")
+        return path
     temp = _temp_path(path)
+    gfile.makedirs(partial_dir(output_dir))
     with gfile.GFile(temp, "w") as f:
         f.write(descriptor.to_json())
-    gfile.rename(temp, path, overwrite=True)
+    try:
+        gfile.rename(temp, path, overwrite=False)
+    except Exception:
+        gfile.remove(temp)
+        raise
     return path
+
+
+def default_dataset_name(coco_root: Optional[str], json_path: str) -> str:
+    """The name of a custom dataset when --dataset_name is not given: the
+    dataset folder's (coco_root), else the folder holding the JSON (its
+    parent when that is COCO's 'annotations')."""
+    folder = coco_root
+    if not folder:
+        folder = posixpath.dirname(json_path.rstrip("/"))
+        if posixpath.basename(folder.rstrip("/")) == "annotations":
+            folder = posixpath.dirname(folder.rstrip("/"))
+    name = posixpath.basename(folder.rstrip("/")) if folder else ""
+    return name or "custom_panoptic"
 
 
 def derive_descriptor(categories, json_path: str,
                       label_divisor: Optional[int] = None,
-                      dataset_name: Optional[str] = None):
+                      dataset_name: Optional[str] = None,
+                      default_name: Optional[str] = None):
     """The descriptor of a JSON's categories (a built-in one if it matches).
+
+    Args:
+      categories: The JSON's `categories` list.
+      json_path: The JSON, for messages.
+      label_divisor: Asked-for label divisor; default the built-in's or 256.
+      dataset_name: Name asked for (--dataset_name).
+      default_name: Name of a custom dataset when dataset_name is None;
+        default `default_dataset_name(None, json_path)`.
 
     Returns:
       DatasetDescriptor. When the categories (ids, thing flags) are those of
-      a built-in descriptor and no other label divisor is asked for, the
-      built-in one is returned, so configs may name it.
+      a built-in descriptor and no other label divisor or name is asked for,
+      the built-in one is returned, so configs may name it.
+
+    Raises:
+      ConversionError: naming the JSON and the category at fault.
     """
     from max_deeplab_tf.data import dataset_info
 
-    derived = dataset_info.descriptor_from_coco_categories(
-        categories, name=dataset_name or "custom_panoptic",
-        label_divisor=label_divisor or 256, source=f"{json_path} categories")
+    try:
+        derived = dataset_info.descriptor_from_coco_categories(
+            categories, name=dataset_name or "custom_panoptic",
+            label_divisor=label_divisor or 256,
+            source=f"{json_path}: categories")
+    except ValueError as e:
+        raise ConversionError(cli.one_line(e)) from e
     for name in dataset_info.registered_names():
         builtin = dataset_info.get_dataset_descriptor(name)
         matches = (builtin.category_ids == derived.category_ids and
@@ -528,7 +747,8 @@ def derive_descriptor(categories, json_path: str,
             return builtin
     if dataset_name is None:
         derived = dataclasses.replace(
-            derived, name=posixpath.splitext(posixpath.basename(json_path))[0])
+            derived, name=default_name or default_dataset_name(None,
+                                                               json_path))
     return derived
 
 
@@ -550,7 +770,9 @@ def convert(coco_root: Optional[str], split: str, output_dir: str,
             image_dir: Optional[str] = None,
             label_divisor: Optional[int] = None,
             treat_crowd_as_ignore: bool = True,
-            dataset_name: Optional[str] = None) -> ConversionResult:
+            dataset_name: Optional[str] = None,
+            allow_empty: bool = False,
+            progress: bool = True) -> ConversionResult:
     """Converts one split to tfrecord shards (see the module docstring).
 
     Args:
@@ -568,7 +790,11 @@ def convert(coco_root: Optional[str], split: str, output_dir: str,
         or 256.
       treat_crowd_as_ignore: Crowd thing pixels become void (deeplab2's
         default); otherwise they keep their class with instance 0.
-      dataset_name: Name written into the descriptor.
+      dataset_name: Name written into a custom dataset's descriptor; default
+        the dataset folder's name (`default_dataset_name`).
+      allow_empty: Write empty shards for a JSON without images instead of
+        stopping.
+      progress: Show progress (cli.Progress) on stderr.
 
     Returns:
       ConversionResult.
@@ -576,12 +802,12 @@ def convert(coco_root: Optional[str], split: str, output_dir: str,
     Raises:
       ConversionError: naming the file and the problem.
     """
-    gfile = _gfile()
     layout = resolve_layout(coco_root, split, annotation_json, panoptic_dir,
                             image_dir)
     data = read_annotations(layout.annotation_json)
-    descriptor = derive_descriptor(data["categories"], layout.annotation_json,
-                                   label_divisor, dataset_name)
+    descriptor = derive_descriptor(
+        data["categories"], layout.annotation_json, label_divisor,
+        dataset_name, default_dataset_name(coco_root, layout.annotation_json))
     from max_deeplab_tf.data import dataset_info
 
     spec = LabelSpec(
@@ -593,86 +819,99 @@ def convert(coco_root: Optional[str], split: str, output_dir: str,
     tasks = build_tasks(data, layout.annotation_json, spec.category_to_class,
                         spec.thing_classes, spec.label_divisor)
     num_images = len(tasks)
+    if not num_images and not allow_empty:
+        raise ConversionError(
+            f"{layout.annotation_json}: has no images (split {split!r}); "
+            "expected at least one. Pass --allow_empty to write empty shards "
+            "anyway")
     if num_shards is None:
         num_shards = max(1, math.ceil(num_images / DEFAULT_IMAGES_PER_SHARD))
     if num_shards < 1:
-        raise ValueError(f"num_shards must be positive, got {num_shards}")
-    gfile.makedirs(output_dir)
-    suffix = f"-of-{num_shards:05d}.tfrecord"
-    others = [p for p in gfile.glob(_join(output_dir, f"{split}-*.tfrecord"))
-              if not p.endswith(suffix)]
-    if others:
-        # A glob like 'train-*' would read both sets.
-        raise ConversionError(
-            f"{output_dir} already holds {split} shards of another "
-            f"conversion (e.g. {posixpath.basename(sorted(others)[0])}); "
-            f"remove them or convert with the same number of shards")
+        raise ConversionError(f"--num_shards: {num_shards}; expected a "
+                              "positive number of shards")
+    _prepare_output_dir(output_dir, split, num_shards)
     path = _write_descriptor(output_dir, descriptor)
-    stale = _remove_temp_files(output_dir, split)
+    stale = _remove_partial_files(output_dir, split)
     if stale:
         logging.info("Removed %d unfinished shard file(s) of an earlier run",
                      len(stale))
-    per_shard = math.ceil(num_images / num_shards) if num_images else 0
-    shards = [ShardTask(
-        path=shard_path(output_dir, split, i, num_shards),
-        images=tuple(tasks[i * per_shard:(i + 1) * per_shard]),
-        layout=layout, spec=spec) for i in range(num_shards)]
-    pending = [s for s in shards if not gfile.exists(s.path)]
+    shards = _shard_tasks(tasks, output_dir, split, num_shards, layout, spec)
+    pending = [s for s in shards if not _gfile(s.path).exists(s.path)]
     skipped = num_shards - len(pending)
     if skipped:
         logging.info("%s: %d of %d shards already complete, skipping them",
                      split, skipped, num_shards)
+    try:
+        _write_shards(pending, num_workers, output_dir, layout, split,
+                      progress)
+    except BaseException:
+        # A failed or interrupted worker pool may leave partial files.
+        _remove_partial_files(output_dir, split)
+        raise
+    finally:
+        _remove_partial_dir_if_empty(output_dir)
+    return ConversionResult(shard_paths=[s.path for s in shards],
+                            descriptor_path=path, num_images=num_images,
+                            skipped_shards=skipped)
+
+
+def _prepare_output_dir(output_dir: str, split: str, num_shards: int) -> None:
+    """Makes output_dir and its partial folder; refuses a folder holding
+    shards of this split with another shard count (a glob like 'train-*'
+    would read both sets)."""
+    gfile = _gfile(output_dir)
+    try:
+        gfile.makedirs(partial_dir(output_dir))
+    except _file_errors() as e:
+        raise ConversionError(f"--output_dir {output_dir}: cannot create the "
+                              f"folder: {_error_text(e)}") from e
+    suffix = f"-of-{num_shards:05d}.tfrecord"
+    others = [p for p in gfile.glob(_join(output_dir, f"{split}-*.tfrecord"))
+              if not p.endswith(suffix)]
+    if others:
+        raise ConversionError(
+            f"{output_dir} already holds {split} shards of another "
+            f"conversion (e.g. {posixpath.basename(sorted(others)[0])}); "
+            f"remove them or convert with the same number of shards")
+
+
+def _shard_tasks(tasks: Sequence[ImageTask], output_dir: str, split: str,
+                 num_shards: int, layout: Layout,
+                 spec: LabelSpec) -> List[ShardTask]:
+    """Splits the images into num_shards consecutive runs."""
+    per_shard = math.ceil(len(tasks) / num_shards) if tasks else 0
+    return [ShardTask(
+        path=shard_path(output_dir, split, i, num_shards),
+        images=tuple(tasks[i * per_shard:(i + 1) * per_shard]),
+        layout=layout, spec=spec) for i in range(num_shards)]
+
+
+def _write_shards(pending: Sequence[ShardTask], num_workers: Optional[int],
+                  output_dir: str, layout: Layout, split: str,
+                  progress: bool) -> None:
+    """Writes the shards, in this process or a pool of workers."""
     if num_workers is None:
         num_workers = os.cpu_count() or 1
     num_workers = max(1, min(num_workers, len(pending)))
     if "ram://" in output_dir or "ram://" in layout.annotation_json:
         num_workers = 1  # Other processes do not share this file system.
     total = sum(len(s.images) for s in pending)
-    progress = _Progress(split, len(pending), total)
-    try:
+    with cli.Progress(total=total, desc=f"{split} shards", unit="image",
+                      every=DEFAULT_IMAGES_PER_SHARD,
+                      enabled=progress) as bar:
         if num_workers == 1:
             for shard in pending:
-                progress.update(*write_shard(shard))
+                bar.update(write_shard(shard)[1])
         else:
             context = multiprocessing.get_context("spawn")
             with context.Pool(num_workers, initializer=_quiet_worker) as pool:
-                for result in pool.imap_unordered(write_shard, pending):
-                    progress.update(*result)
-    except BaseException:
-        # A failed or interrupted worker pool may leave temporary files.
-        _remove_temp_files(output_dir, split)
-        raise
-    return ConversionResult(shard_paths=[s.path for s in shards],
-                            descriptor_path=path, num_images=num_images,
-                            skipped_shards=skipped)
+                for _, count in pool.imap_unordered(write_shard, pending):
+                    bar.update(count)
 
 
 def _quiet_worker():
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     std_logging.getLogger("tensorflow").setLevel(std_logging.ERROR)
-
-
-class _Progress:
-    """Logs shards done, images done, rate and remaining time."""
-
-    def __init__(self, split: str, num_shards: int, num_images: int):
-        self._split = split
-        self._num_shards = num_shards
-        self._num_images = num_images
-        self._shards = 0
-        self._images = 0
-        self._start = time.time()
-
-    def update(self, path: str, count: int) -> None:
-        self._shards += 1
-        self._images += count
-        elapsed = max(time.time() - self._start, 1e-6)
-        rate = self._images / elapsed
-        left = (self._num_images - self._images) / rate if rate else 0.0
-        logging.info("%s: shard %d/%d done (%s, %d images); %d/%d images, "
-                     "%.1f images/s, %.0f s left", self._split, self._shards,
-                     self._num_shards, posixpath.basename(path), count,
-                     self._images, self._num_images, rate, left)
 
 
 FLAGS = flags.FLAGS
@@ -696,29 +935,39 @@ def _define_flags():
                          "Panoptic label divisor (default 256).")
     flags.DEFINE_boolean("treat_crowd_as_ignore", True,
                          "Crowd pixels become void, as in deeplab2.")
-    flags.DEFINE_string("dataset_name", None, "Name for the descriptor.")
+    flags.DEFINE_string(
+        "dataset_name", None,
+        "Name written into a custom dataset's descriptor (default: the "
+        "dataset folder's name, i.e. the last part of --coco_root).")
+    flags.DEFINE_boolean("allow_empty", False,
+                         "Write empty shards for a JSON without images "
+                         "instead of stopping with an error.")
 
 
 def main(argv):
-    del argv
+    cli.reject_arguments(argv)
     if not FLAGS.output_dir:
-        raise app.UsageError("--output_dir is required")
+        raise cli.UserError("--output_dir is required: the folder for the "
+                            "tfrecord shards")
+    if not FLAGS.coco_root and not FLAGS.annotation_json:
+        raise cli.UserError("--coco_root (or --annotation_json, "
+                            "--panoptic_dir and --image_dir) is required")
     if len(FLAGS.split) > 1 and FLAGS.annotation_json:
-        raise app.UsageError("--annotation_json applies to one --split only")
+        raise cli.UserError("--annotation_json applies to one --split only; "
+                            f"got --split={','.join(FLAGS.split)}")
+    if FLAGS.num_workers is not None and FLAGS.num_workers < 1:
+        raise cli.UserError(f"--num_workers: {FLAGS.num_workers}; expected a "
+                            "positive number")
     logging.set_verbosity(logging.INFO)
     for split in FLAGS.split:
-        try:
-            result = convert(
-                FLAGS.coco_root, split, FLAGS.output_dir,
-                num_shards=FLAGS.num_shards, num_workers=FLAGS.num_workers,
-                annotation_json=FLAGS.annotation_json,
-                panoptic_dir=FLAGS.panoptic_dir, image_dir=FLAGS.image_dir,
-                label_divisor=FLAGS.label_divisor,
-                treat_crowd_as_ignore=FLAGS.treat_crowd_as_ignore,
-                dataset_name=FLAGS.dataset_name)
-        except ConversionError as e:
-            logging.error("%s", e)
-            raise SystemExit(f"error: {e}")
+        result = convert(
+            FLAGS.coco_root, split, FLAGS.output_dir,
+            num_shards=FLAGS.num_shards, num_workers=FLAGS.num_workers,
+            annotation_json=FLAGS.annotation_json,
+            panoptic_dir=FLAGS.panoptic_dir, image_dir=FLAGS.image_dir,
+            label_divisor=FLAGS.label_divisor,
+            treat_crowd_as_ignore=FLAGS.treat_crowd_as_ignore,
+            dataset_name=FLAGS.dataset_name, allow_empty=FLAGS.allow_empty)
         print(f"{split}: {result.num_images} images in "
               f"{len(result.shard_paths)} shards under {FLAGS.output_dir} "
               f"({result.skipped_shards} already complete); descriptor "
@@ -727,4 +976,4 @@ def main(argv):
 
 if __name__ == "__main__":
     _define_flags()
-    app.run(main)
+    cli.run_absl_main(main)

@@ -8,9 +8,11 @@ classes including void.
 The synthetic dataset (max_deeplab_tf.data.synthetic) has three thing and
 three stuff categories with deliberately non-contiguous COCO-style ids, so its
 conversion exercises the same id mapping as COCO's.
-"""
 
-from max_deeplab_tf.data import dataset_info
+This module is data only and imports nothing of the package: dataset_info
+builds and registers the descriptors from `BUILTIN_DATASETS`, so the two
+modules do not import each other.
+"""
 
 # COCO panoptic 2017 categories: (category id, name, isthing, RGB colour), in
 # ascending category id. Colours are the ones of COCO's panoptic API.
@@ -169,12 +171,9 @@ def categories_as_json(table):
              "color": list(color)} for cid, name, thing, color in table]
 
 
-COCO_PANOPTIC = dataset_info.register(
-    dataset_info.descriptor_from_coco_categories(
-        categories_as_json(COCO_CATEGORIES), name="coco_panoptic",
-        label_divisor=256))
-
-SYNTHETIC_PANOPTIC = dataset_info.register(
-    dataset_info.descriptor_from_coco_categories(
-        categories_as_json(SYNTHETIC_CATEGORIES), name="synthetic_panoptic",
-        label_divisor=256))
+# The built-in datasets: (name, category table, label divisor). dataset_info
+# registers a descriptor for each.
+BUILTIN_DATASETS = (
+    ("coco_panoptic", COCO_CATEGORIES, 256),
+    ("synthetic_panoptic", SYNTHETIC_CATEGORIES, 256),
+)

@@ -10,6 +10,8 @@ import dataclasses
 import json
 from typing import Dict, Optional, Sequence, Tuple
 
+from max_deeplab_tf.data import builtin_datasets
+
 
 @dataclasses.dataclass(frozen=True)
 class DatasetDescriptor:
@@ -234,12 +236,15 @@ _BUILTINS_LOADED = False
 
 
 def _register_builtins() -> None:
-    # Imported lazily: the built-in tables are long.
+    # Built on first use rather than at import: COCO's table is long.
     global _BUILTINS_LOADED
     if _BUILTINS_LOADED:
         return
     _BUILTINS_LOADED = True
-    from max_deeplab_tf.data import builtin_datasets  # noqa: F401
+    for name, table, label_divisor in builtin_datasets.BUILTIN_DATASETS:
+        register(descriptor_from_coco_categories(
+            builtin_datasets.categories_as_json(table), name=name,
+            label_divisor=label_divisor))
 
 
 def maybe_get(name_or_path: str) -> Optional[DatasetDescriptor]:

@@ -26,8 +26,10 @@ The thing-id targets are produced whatever DatasetOptions.
 thing_id_mask_annotations says (MaX-DeepLab's losses need them; the flag is
 accepted for deeplab2 config compatibility).
 
-Augmentation (training) is deeplab2's: resize to range, random scale, pad
-by the ignore label and random crop to crop_size, horizontal flip.
+Augmentation (training) is deeplab2's: resize to range, random scale,
+AutoAugment when augmentations.autoaugment_policy_name is set
+(max_deeplab_tf.data.autoaugment), pad by the ignore label and random crop
+to crop_size, horizontal flip.
 Evaluation resizes (max_resize_value defaults to crop_size) and pads at the
 bottom and right.
 
@@ -45,9 +47,12 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
+from max_deeplab_tf import cli
 from max_deeplab_tf import common
+from max_deeplab_tf.data import autoaugment
 from max_deeplab_tf.data import dataset_info
 from max_deeplab_tf.data import preprocessing
+from max_deeplab_tf.data import shards
 from max_deeplab_tf.data import tfrecord
 
 _overflow_lock = threading.Lock()
@@ -202,8 +207,11 @@ class SampleGenerator:
                  max_thing_id: int = 128,
                  small_instance_threshold: Optional[int] = None,
                  small_instance_weight: float = 1.0,
-                 count_overflow: bool = True):
-        """See preprocessing.preprocess and panoptic_targets for the args.
+                 count_overflow: bool = True,
+                 autoaugment_policy_name: Optional[str] = None):
+        """See preprocessing.preprocess and panoptic_targets for the args;
+        autoaugment_policy_name names a policy of data.autoaugment (deeplab2's
+        names), applied in training only.
 
         Raises:
           ValueError: on a crop_size that is not [height, width], a bad
@@ -240,6 +248,13 @@ class SampleGenerator:
         self._max_thing_id = max_thing_id
         self._small = (small_instance_threshold, small_instance_weight)
         self._count_overflow = count_overflow
+        self._autoaugment = None
+        if is_training and autoaugment_policy_name:
+            # Geometric operations fill the label as padding does.
+            self._autoaugment = autoaugment.AutoAugment(
+                autoaugment_policy_name,
+                label_fill_value=(descriptor.ignore_label *
+                                  descriptor.label_divisor))
 
     def __call__(self, decoded: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
         """Args: the output of tfrecord.decode_example. Returns: a sample."""
@@ -252,7 +267,8 @@ class SampleGenerator:
             decoded["image"], label, self._crop, self._is_training,
             ignore_value, self._min_resize, self._max_resize,
             self._resize_factor, *self._scale,
-            flip_probability=self._flip_probability)
+            flip_probability=self._flip_probability,
+            augment_fn=self._autoaugment)
         sample = {common.IMAGE: image}
         if label is not None:
             sample.update(panoptic_targets(
@@ -267,22 +283,48 @@ class SampleGenerator:
 
 
 def list_files(file_patterns: Sequence[str]) -> List[str]:
-    """Sorted files matching any of the patterns (through tf.io.gfile).
+    """Sorted files matching the patterns (see shards.resolve).
 
     Raises:
-      ValueError: naming the pattern that matches nothing.
+      cli.UserError: naming the pattern that matches nothing or whose
+        shards are not one complete set.
     """
-    if isinstance(file_patterns, str):
-        file_patterns = [file_patterns]
-    if not file_patterns:
-        raise ValueError("file_pattern: no tfrecord file pattern given")
-    files = set()
-    for pattern in file_patterns:
-        matches = tf.io.gfile.glob(pattern)
-        if not matches:
-            raise ValueError(f"file_pattern {pattern!r} matches no files")
-        files.update(matches)
-    return sorted(files)
+    return [f.path for f in shards.resolve(file_patterns)]
+
+
+def check_not_empty(dataset_options, is_training: bool = True,
+                    drop_remainder: bool = True,
+                    field: str = "file_pattern") -> List[shards.ShardFile]:
+    """Raises unless the dataset would yield at least one batch.
+
+    Cheap (a glob, file sizes and, when partial batches are dropped in
+    evaluation, the frames of at most batch_size records). `build_dataset`
+    calls it before anything repeats, so an empty dataset fails at start-up
+    instead of a training loop waiting forever for its first batch.
+
+    Args:
+      dataset_options: DatasetOptions proto (file_pattern, batch_size).
+      is_training: Training repeats the records: one suffices.
+      drop_remainder: In evaluation, a batch needs batch_size records.
+      field: How messages name the file_pattern field, e.g.
+        'train_dataset_options.file_pattern'.
+
+    Returns:
+      The files of the dataset (shards.resolve).
+
+    Raises:
+      cli.UserError: naming the file pattern (see shards.resolve too).
+    """
+    batch_size = dataset_options.batch_size
+    if batch_size < 1:
+        raise cli.UserError(f"batch_size: {batch_size}; expected a positive "
+                            "number")
+    patterns = list(dataset_options.file_pattern)
+    files = shards.resolve(patterns, field)
+    shards.check_not_empty(
+        files, patterns,
+        batch_size if drop_remainder and not is_training else 1, field)
+    return files
 
 
 def generator_from_options(dataset_options, is_training: bool,
@@ -291,16 +333,14 @@ def generator_from_options(dataset_options, is_training: bool,
     """A SampleGenerator configured by a DatasetOptions proto.
 
     Raises:
-      ValueError: on options this pipeline does not support (autoaugment,
-        video frames) or invalid sizes.
+      ValueError: on options this pipeline does not support (video frames),
+        an unknown AutoAugment policy or invalid sizes.
     """
     options = dataset_options
     if descriptor is None:
         descriptor = dataset_info.get_dataset_descriptor(options.dataset)
     aug = options.augmentations
     unsupported = []
-    if aug.autoaugment_policy_name:
-        unsupported.append("augmentations.autoaugment_policy_name")
     if options.use_two_frames:
         unsupported.append("use_two_frames")
     if options.use_next_frame:
@@ -323,7 +363,8 @@ def generator_from_options(dataset_options, is_training: bool,
         max_thing_id=options.max_thing_id,
         small_instance_threshold=small_threshold,
         small_instance_weight=options.small_instance_weight,
-        count_overflow=count_overflow)
+        count_overflow=count_overflow,
+        autoaugment_policy_name=aug.autoaugment_policy_name or None)
 
 
 def build_dataset(dataset_options, is_training: bool,
@@ -353,8 +394,13 @@ def build_dataset(dataset_options, is_training: bool,
       tf.data.Dataset of dicts (see the module docstring).
 
     Raises:
-      ValueError: on unsupported options, a pattern matching no file or a
-        batch size that the replicas do not divide.
+      ValueError: on unsupported options or a batch size that the replicas
+        do not divide.
+      cli.UserError: naming the file pattern, when it matches no file, its
+        shards are not one complete set, or the dataset is empty (no
+        record; in evaluation with drop_remainder, fewer records than
+        batch_size). At run time, a truncated or corrupt shard raises
+        InvalidArgumentError naming the file.
     """
     options = dataset_options
     generator = generator_from_options(options, is_training, descriptor,
@@ -362,29 +408,21 @@ def build_dataset(dataset_options, is_training: bool,
     decode_label = options.decode_groundtruth_label
     if is_training and not decode_label:
         raise ValueError("decode_groundtruth_label must be true for training")
-    files = list_files(list(options.file_pattern))
+    # Before any repeat(): a training pipeline over empty files would wait
+    # forever for its first record.
+    files = check_not_empty(options, is_training, drop_remainder)
     batch_size = options.batch_size
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    autotune = tf.data.AUTOTUNE
     num_pipelines, pipeline_id = 1, 0
     if input_context is not None:
         batch_size = input_context.get_per_replica_batch_size(batch_size)
         num_pipelines = input_context.num_input_pipelines
         pipeline_id = input_context.input_pipeline_id
 
-    dataset = tf.data.Dataset.from_tensor_slices(files)
-    shard_files = num_pipelines > 1 and len(files) >= num_pipelines
-    if shard_files:
-        dataset = dataset.shard(num_pipelines, pipeline_id)
-    autotune = tf.data.AUTOTUNE
-    if is_training:
-        dataset = dataset.shuffle(len(files), reshuffle_each_iteration=True)
-        dataset = dataset.repeat()
-        dataset = dataset.interleave(
-            tf.data.TFRecordDataset, cycle_length=max(1, options.cycle_length),
-            num_parallel_calls=autotune, deterministic=False)
-    else:
-        dataset = dataset.interleave(tf.data.TFRecordDataset, cycle_length=1)
+    # Each file is checked whole as it is read: a truncated or corrupt
+    # shard stops the input with an error naming it.
+    dataset, shard_files = shards.read_records(
+        files, is_training, options.cycle_length, num_pipelines, pipeline_id)
     if num_pipelines > 1 and not shard_files:
         dataset = dataset.shard(num_pipelines, pipeline_id)
     if is_training and options.shuffle_buffer_size > 1:

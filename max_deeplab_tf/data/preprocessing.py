@@ -8,7 +8,7 @@ by ignore_label * label_divisor), so that a model trained here sees the
 inputs a deeplab2 model saw.
 """
 
-from typing import Optional, Sequence, Tuple
+from typing import Callable, Optional, Sequence, Tuple
 
 import tensorflow as tf
 
@@ -203,7 +203,8 @@ def preprocess(image: tf.Tensor, label: Optional[tf.Tensor],
                resize_factor: Optional[int] = None,
                min_scale_factor: float = 1.0, max_scale_factor: float = 1.0,
                scale_factor_step_size: float = 0.0,
-               flip_probability: float = 0.5):
+               flip_probability: float = 0.5,
+               augment_fn: Optional[Callable] = None):
     """deeplab2's preprocess_image_and_label for one image.
 
     Args:
@@ -221,6 +222,9 @@ def preprocess(image: tf.Tensor, label: Optional[tf.Tensor],
       max_scale_factor: Random scale range, upper end.
       scale_factor_step_size: Step between the scales (0: continuous).
       flip_probability: Horizontal flip probability in training.
+      augment_fn: Training only: (image, label) -> (image, label) applied
+        after the random scaling and before padding, where deeplab2 applies
+        AutoAugment (an autoaugment.AutoAugment).
 
     Returns:
       (image float32 [crop_height, crop_width, 3], label int32
@@ -255,6 +259,8 @@ def preprocess(image: tf.Tensor, label: Optional[tf.Tensor],
                              scale_factor_step_size)
         if scale is not None:
             image, label = scale_image_and_label(image, label, scale)
+        if augment_fn is not None:
+            image, label = augment_fn(image, label)
         shape = tf.shape(image)
         target_height = tf.maximum(shape[0], crop_height)
         target_width = tf.maximum(shape[1], crop_width)

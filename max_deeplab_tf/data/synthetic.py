@@ -35,11 +35,11 @@ import posixpath
 import zlib
 from typing import List, Sequence, Tuple, Union
 
-from absl import app
 from absl import flags
 import numpy as np
 from PIL import Image
 
+from max_deeplab_tf import cli
 from max_deeplab_tf.data import builtin_datasets
 
 THING_IDS = tuple(c[0] for c in builtin_datasets.SYNTHETIC_CATEGORIES
@@ -291,12 +291,36 @@ def _encode(array: np.ndarray, image_format: str) -> bytes:
 
 
 def _write_atomic(path: str, data: Union[bytes, str]) -> None:
+    """Writes a hidden temporary file beside `path` (no glob of the final
+    names matches it), then renames it."""
     import uuid
     gfile = _gfile()
-    temp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+    folder, name = posixpath.split(path)
+    temp = _join(folder, f".{name}.tmp-{uuid.uuid4().hex[:8]}")
     with gfile.GFile(temp, "wb" if isinstance(data, bytes) else "w") as f:
         f.write(data)
     gfile.rename(temp, path, overwrite=True)
+
+
+DESCRIPTION = "max_deeplab_tf synthetic panoptic dataset"
+
+
+def _check_not_foreign(json_path: str) -> None:
+    """Refuses to write a split whose annotation JSON exists and is not one
+    of ours (e.g. --output_dir pointed at a real COCO folder)."""
+    gfile = _gfile()
+    if not gfile.exists(json_path):
+        return
+    try:
+        with gfile.GFile(json_path, "rb") as f:
+            info = json.loads(f.read().decode("utf-8")).get("info", {})
+        ours = info.get("description") == DESCRIPTION
+    except Exception:  # pylint: disable=broad-except
+        ours = False  # Unreadable or not JSON: certainly not ours.
+    if not ours:
+        raise cli.UserError(
+            f"{json_path}: exists and is not a synthetic dataset of ours; it "
+            "and its split were left unchanged; choose another --output_dir")
 
 
 def _image_size(image_size) -> Tuple[int, int]:
@@ -304,7 +328,8 @@ def _image_size(image_size) -> Tuple[int, int]:
         image_size = (image_size, image_size)
     height, width = (int(v) for v in image_size)
     if height < 16 or width < 16:
-        raise ValueError(f"image_size {image_size} is below the minimum 16")
+        raise cli.UserError(f"--image_size: {image_size} is below the "
+                            "minimum 16")
     return height, width
 
 
@@ -352,7 +377,8 @@ def ids_to_rgb(ids: np.ndarray) -> np.ndarray:
 
 
 def generate_split(output_dir: str, split: str, num_images: int,
-                   image_size=129, seed: int = 0) -> str:
+                   image_size=129, seed: int = 0,
+                   progress: bool = False) -> str:
     """Writes one split; returns the path of its annotation JSON.
 
     Args:
@@ -362,15 +388,31 @@ def generate_split(output_dir: str, split: str, num_images: int,
       image_size: Side of the square images, or (height, width).
       seed: Random seed; the output depends only on (seed, split, index,
         image_size).
+      progress: Show progress on stderr (cli.Progress).
+
+    Raises:
+      cli.UserError: on a negative num_images, a too small image_size, an
+        output folder that cannot be made, or an annotation JSON there that
+        is not ours (it is never replaced).
     """
     if num_images < 0:
-        raise ValueError(f"num_images must not be negative, got {num_images}")
+        raise cli.UserError(f"--num_images: {num_images}; expected a "
+                            "non-negative number")
     height, width = _image_size(image_size)
+    import tensorflow as tf  # After the checks: bad flags fail fast.
+
     gfile = _gfile()
     json_path, png_dir, image_dir = split_paths(output_dir, split)
-    for folder in (png_dir, image_dir):
-        gfile.makedirs(folder)
+    _check_not_foreign(json_path)
+    try:
+        for folder in (png_dir, image_dir):
+            gfile.makedirs(folder)
+    except tf.errors.OpError as e:
+        raise cli.UserError(f"--output_dir {output_dir}: cannot create "
+                            f"{folder}: {cli.one_line(e.message)}") from e
     images, annotations = [], []
+    bar = cli.Progress(total=num_images, desc=f"synthetic {split}",
+                       enabled=progress)
     for index in range(num_images):
         image, ids, info = make_example(seed, split, index, (height, width))
         image_id = _image_id(split, index)
@@ -382,8 +424,10 @@ def generate_split(output_dir: str, split: str, num_images: int,
                        "height": height, "width": width})
         annotations.append({"image_id": image_id, "file_name": name + ".png",
                             "segments_info": info})
+        bar.update()
+    bar.close()
     data = {
-        "info": {"description": "max_deeplab_tf synthetic panoptic dataset",
+        "info": {"description": DESCRIPTION,
                  "seed": int(seed), "split": split},
         "licenses": [],
         "images": images,
@@ -403,10 +447,13 @@ def generate_dataset(output_dir: str, num_images: int, image_size=129,
 
 
 def generate(output_dir: str, num_train_images: int = 200,
-             num_val_images: int = 50, image_size=129, seed: int = 0) -> None:
-    """Writes the train and val splits."""
-    generate_split(output_dir, "train", num_train_images, image_size, seed)
-    generate_split(output_dir, "val", num_val_images, image_size, seed)
+             num_val_images: int = 50, image_size=129, seed: int = 0,
+             progress: bool = False) -> None:
+    """Writes the train and val splits (see generate_split)."""
+    generate_split(output_dir, "train", num_train_images, image_size, seed,
+                   progress)
+    generate_split(output_dir, "val", num_val_images, image_size, seed,
+                   progress)
 
 
 FLAGS = flags.FLAGS
@@ -422,17 +469,21 @@ def _define_flags():
 
 
 def main(argv):
-    del argv
+    cli.reject_arguments(argv)
     if not FLAGS.output_dir:
-        raise app.UsageError("--output_dir is required")
+        raise cli.UserError("--output_dir is required: the dataset root to "
+                            "write")
     num_val = (FLAGS.num_val_images if FLAGS.num_val_images is not None
                else max(1, FLAGS.num_images // 4))
+    if num_val < 0:
+        raise cli.UserError(f"--num_val_images: {num_val}; expected a "
+                            "non-negative number")
     generate(FLAGS.output_dir, FLAGS.num_images, num_val, FLAGS.image_size,
-             FLAGS.seed)
+             FLAGS.seed, progress=True)
     print(f"Wrote {FLAGS.num_images} train and {num_val} val images of "
           f"{FLAGS.image_size}x{FLAGS.image_size} to {FLAGS.output_dir}")
 
 
 if __name__ == "__main__":
     _define_flags()
-    app.run(main)
+    cli.run_absl_main(main)

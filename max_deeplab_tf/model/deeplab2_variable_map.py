@@ -18,6 +18,17 @@ tf.keras's `kernel`, a depthwise convolution's `kernel` is tf.keras's
 The mapping covers every weight of the model exactly once; loading checks
 that every non-optimizer tensor of the checkpoint is used and that shapes
 agree, and lists what is unmatched on each side otherwise.
+
+deeplab2's ImageNet-pretrained backbones (g3doc/projects/
+imagenet_pretrained_checkpoints.md, e.g.
+max_deeplab_s_backbone_imagenet1k_strong_training_strategy) hold the encoder
+of a `max_deeplab_{s,l}_backbone`, i.e. MaX-DeepLab's encoder without the
+transformers (classification mode), keyed by the same attribute paths. deeplab2
+reads them (trainer/runner_utils.maybe_load_checkpoint) under `encoder/` as its
+own trainer writes them, or under `backbone/_encoder/` as TF Model Garden's
+vision trainer does; `normalize_checkpoint_key` maps the second onto the first,
+and `is_backbone_key` is deeplab2's rule for which variables such a checkpoint
+fills (check_if_variable_in_backbone).
 """
 
 import collections
@@ -29,6 +40,7 @@ import keras
 import tensorflow as tf
 
 from max_deeplab_tf import checkpoint_keys
+from max_deeplab_tf import cli
 from max_deeplab_tf.checkpoint_keys import NON_MODEL_PREFIXES
 from max_deeplab_tf.checkpoint_keys import VALUE_SUFFIX
 
@@ -36,6 +48,33 @@ _RENAMES = (
     (re.compile(r"/_depthwise_conv/kernel$"), "/_depthwise_conv/depthwise_kernel"),
     (re.compile(r"/_kernel$"), "/kernel"),
 )
+
+
+# Where deeplab2 finds the encoder in an initial checkpoint: its own layout
+# and TF Model Garden's (which prefixes 'backbone/_encoder/').
+ENCODER_PREFIX = "encoder/"
+MODEL_GARDEN_ENCODER_PREFIX = "backbone/_encoder/"
+# Names deeplab2 reserves for encoder variables that no ImageNet backbone has
+# (axial_resnet.EXTRA, MEMORY_FEATURE and axial_block_groups.TRANSFORMER).
+_NOT_PRETRAINED_WORDS = ("extra", "memory_feature", "transformer")
+
+
+def normalize_checkpoint_key(key: str) -> str:
+    """A checkpoint key in deeplab2's own layout ('encoder/...')."""
+    if key.startswith(MODEL_GARDEN_ENCODER_PREFIX):
+        return ENCODER_PREFIX + key[len(MODEL_GARDEN_ENCODER_PREFIX):]
+    return key
+
+
+def is_backbone_key(key: str) -> bool:
+    """Whether a deeplab2 key belongs to the ImageNet-pretrainable backbone.
+
+    deeplab2's rule for MaX-DeepLab: an encoder variable whose name holds
+    none of 'extra', 'memory_feature', 'transformer'. Batch-norm moving
+    statistics count too (a backbone checkpoint holds them).
+    """
+    return key.startswith(ENCODER_PREFIX) and not any(
+        word in key for word in _NOT_PRETRAINED_WORDS)
 
 
 def _deeplab2_key(path: str) -> str:
@@ -139,8 +178,8 @@ def load_deeplab2_checkpoint(model, prefix: str, strict: bool = True
       A LoadReport.
 
     Raises:
-      ValueError: in strict mode, listing the unmatched keys on each side and
-        the shape mismatches.
+      cli.UserError (a ValueError): in strict mode, naming the checkpoint
+        and the first unmatched keys on each side and shape mismatches.
     """
     mapping = deeplab2_variable_map(model)
     reader = tf.train.load_checkpoint(prefix)
@@ -165,16 +204,20 @@ def load_deeplab2_checkpoint(model, prefix: str, strict: bool = True
                         missing_model_keys=missing,
                         shape_mismatches=mismatches, ignored_keys=ignored)
     if strict and not report.complete:
+        # The first few of each, so that the error stays one readable line.
         lines = []
         if missing:
             lines.append(f"{len(missing)} model variable(s) not in the "
-                         f"checkpoint: {missing}")
+                         f"checkpoint, first {missing[:5]}")
         if unused:
-            lines.append(f"{len(unused)} checkpoint tensor(s) unused: {unused}")
+            lines.append(f"{len(unused)} checkpoint tensor(s) unused, first "
+                         f"{unused[:5]}")
         if mismatches:
-            lines.append(f"shape mismatches: {mismatches}")
-        raise ValueError(f"{prefix}: cannot load into {model.name}:\n  "
-                         + "\n  ".join(lines))
+            lines.append(f"{len(mismatches)} shape mismatches, first "
+                         f"{mismatches[:3]}")
+        raise cli.UserError(
+            f"{prefix}: cannot load into {model.name}: " + "; ".join(lines)
+            + "; expected the checkpoint of the config's model")
     for key, variable in to_load:
         value = reader.get_tensor(key + VALUE_SUFFIX)
         variable.assign(tf.cast(value, variable.dtype))

@@ -11,12 +11,19 @@ from typing import List
 
 from google.protobuf import text_format
 
+from max_deeplab_tf import cli
 from max_deeplab_tf.config import textproto
 from max_deeplab_tf.protos import config_pb2
 
+# The header line that marks a translated config (the importer recognises
+# its own output folders by it).
+TRANSLATION_MARK = ("# Translated from a deeplab2 config by "
+                    "max_deeplab_tf.tools.import_deeplab2.")
 
-class Deeplab2ConfigError(ValueError):
-    """The deeplab2 config is unreadable or is not a MaX-DeepLab config."""
+
+class Deeplab2ConfigError(cli.UserError):
+    """The deeplab2 config is unreadable or is not a MaX-DeepLab config
+    (a bad input: one line, exit code 2)."""
 
 
 @dataclasses.dataclass
@@ -35,8 +42,7 @@ class TranslatedConfig:
     def to_textproto(self) -> str:
         header = ("# proto-file: protos/config.proto\n"
                   "# proto-message: max_deeplab_tf.ExperimentOptions\n"
-                  "# Translated from a deeplab2 config by "
-                  "max_deeplab_tf.tools.import_deeplab2.\n")
+                  f"{TRANSLATION_MARK}\n")
         if self.dropped_fields:
             header += "# deeplab2 fields left out:\n" + "".join(
                 f"#   {d}\n" for d in self.dropped_fields)
@@ -55,9 +61,11 @@ def translate_config_text(text: str, source: str) -> TranslatedConfig:
     if not parsed.complete:
         raise Deeplab2ConfigError("\n".join(parsed.problems))
     if not experiment.model_options.HasField("max_deeplab"):
+        other = experiment.model_options.WhichOneof("meta_architecture")
         raise Deeplab2ConfigError(
-            f"{source}: model_options.max_deeplab is not set; only MaX-DeepLab "
-            "configs can be imported")
+            f"{source}: model_options.max_deeplab is not set"
+            + (f" (it is a {other} config)" if other else "")
+            + "; only MaX-DeepLab configs can be imported")
     return TranslatedConfig(experiment, parsed.problems)
 
 
@@ -69,6 +77,7 @@ def translate_config_file(path: str) -> TranslatedConfig:
         with tf.io.gfile.GFile(path, "r") as f:
             text = f.read()
     except Exception as e:  # gfile raises several error types.
-        raise Deeplab2ConfigError(f"{path}: cannot read the deeplab2 config: "
-                                  f"{e}")
+        raise Deeplab2ConfigError(
+            f"{path}: cannot read the deeplab2 config: "
+            f"{cli.one_line(getattr(e, 'message', None) or str(e))}")
     return translate_config_text(text, path)

@@ -3,14 +3,17 @@
 import glob
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 from PIL import Image
 import pytest
 import tensorflow as tf
 
+from max_deeplab_tf import cli
 from max_deeplab_tf import common
 from max_deeplab_tf.data import build_coco_panoptic as build
 from max_deeplab_tf.data import builtin_datasets
@@ -138,9 +141,18 @@ def test_coco_categories_map_to_deeplab2_ids():
     assert descriptor is dataset_info.get_dataset_descriptor("coco_panoptic")
     mapping = dataset_info.category_to_class(descriptor)
     assert [mapping[c] for c in (1, 90, 92, 200)] == [1, 80, 81, 133]
-    custom = build.derive_descriptor(categories[:5], "/x/cityscapes.json")
-    assert custom.name == "cityscapes"
+    # A custom dataset is named after its folder, not its JSON file.
+    custom = build.derive_descriptor(
+        categories[:5], "/data/mine/annotations/panoptic_val2017.json")
+    assert custom.name == "mine"
     assert custom.num_classes == 6
+    named = build.derive_descriptor(categories[:5], "/x/a.json",
+                                    dataset_name="cars")
+    assert named.name == "cars"
+    assert build.default_dataset_name("/data/city/", "/elsewhere/a.json") == (
+        "city")
+    assert build.default_dataset_name(None, "/d/gtFine/cs_val.json") == (
+        "gtFine")
 
 
 def _convert_small(tmp_path, **kwargs):
@@ -281,10 +293,17 @@ def test_interrupted_conversion_resumes(tmp_path, monkeypatch):
     assert names == ["dataset_descriptor.json",
                      "train-00000-of-00003.tfrecord"]
     first = open(os.path.join(out, names[1]), "rb").read()
-    # A hard kill would leave a temporary file; a re-run removes it.
-    stale = os.path.join(out, "train-00001-of-00003.tfrecord.tmp-1-dead")
-    with open(stale, "wb") as f:
-        f.write(b"partial")
+    # A hard kill leaves a partial file in the hidden folder (and versions
+    # before it left one beside the shards); a re-run removes both, and
+    # nothing else.
+    os.makedirs(os.path.join(out, ".partial"), exist_ok=True)
+    stale = os.path.join(out, ".partial",
+                         "train-00001-of-00003.tfrecord.tmp-1-0123abcd")
+    legacy = os.path.join(out, "train-00002-of-00003.tfrecord.tmp-7-89abcdef")
+    user = os.path.join(out, "train-notes.tmp-mine")
+    for path in (stale, legacy, user):
+        with open(path, "wb") as f:
+            f.write(b"partial")
 
     calls.clear()
     monkeypatch.setattr(build, "panoptic_label",
@@ -293,10 +312,14 @@ def test_interrupted_conversion_resumes(tmp_path, monkeypatch):
     result = build.convert(root, "train", out, num_shards=3, num_workers=1)
     assert result.skipped_shards == 1
     assert len(calls) == 4  # Only the images of shards 1 and 2.
-    assert not os.path.exists(stale)
+    assert not os.path.exists(stale) and not os.path.exists(legacy)
+    assert open(user, "rb").read() == b"partial"
     assert open(os.path.join(out, names[1]), "rb").read() == first
     assert len(_records(os.path.join(out, "train-*.tfrecord"))) == 6
-    assert not glob.glob(os.path.join(out, "*.tmp-*"))
+    assert sorted(os.listdir(out)) == [
+        "dataset_descriptor.json", "train-00000-of-00003.tfrecord",
+        "train-00001-of-00003.tfrecord", "train-00002-of-00003.tfrecord",
+        "train-notes.tmp-mine"]
 
 
 def test_worker_processes_fail_cleanly_and_match_in_process(tmp_path):
@@ -373,4 +396,301 @@ def test_command_lines(tmp_path):
     assert sorted(os.listdir(out)) == [
         "dataset_descriptor.json", "train-00000-of-00001.tfrecord",
         "val-00000-of-00001.tfrecord"]
-    assert "shard 1/1 done" in run.stderr
+    assert "train shards: 2/2 images" in run.stderr
+
+
+# --- Hardening: hard kills, the no-overwrite rule, bad inputs -------------
+
+_ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+# The converter command, slowed down to half a second per image so that a
+# kill lands in the middle of a shard.
+_SLOW_CONVERTER = """
+import time
+from max_deeplab_tf import cli
+from max_deeplab_tf.data import build_coco_panoptic as build
+original = build.panoptic_label
+def slow(*args, **kwargs):
+    time.sleep(0.5)
+    return original(*args, **kwargs)
+build.panoptic_label = slow
+build._define_flags()
+cli.run_absl_main(build.main)
+"""
+
+
+def _wait_for(condition, seconds, what):
+    deadline = time.time() + seconds
+    while not condition():
+        assert time.time() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def _read_names(pattern):
+    options = dataset_pb2.DatasetOptions(
+        dataset="synthetic_panoptic", file_pattern=[pattern], batch_size=1,
+        crop_size=[25, 25])
+    return sorted(b[common.IMAGE_NAME][0].numpy().decode() for b in
+                  input_pipeline.build_dataset(options, False))
+
+
+def test_killed_converter_leaves_nothing_the_pattern_reads(tmp_path):
+    root = _make(tmp_path / "coco", num_train=6, size=24)
+    out = tmp_path / "out"
+    flags = [f"--coco_root={root}", "--split=train", f"--output_dir={out}",
+             "--num_shards=3", "--num_workers=1"]
+    with open(tmp_path / "log", "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-c", _SLOW_CONVERTER] + flags, env=_ENV,
+            stdout=log, stderr=subprocess.STDOUT)
+        try:
+            # Shard 0 done, shard 1 half written.
+            _wait_for(lambda: (out / "train-00000-of-00003.tfrecord").exists()
+                      and glob.glob(str(out / ".partial" / "train-00001-*")),
+                      120, "the second shard to start")
+            process.send_signal(signal.SIGKILL)
+        finally:
+            process.kill()
+            process.wait(timeout=30)
+    assert process.returncode == -signal.SIGKILL
+    assert glob.glob(str(out / ".partial" / "train-00001-of-00003.tfrecord"
+                              ".tmp-*"))
+    # The README's pattern matches the complete shard only, and the input
+    # pipeline refuses the incomplete set by name.
+    pattern = str(out / "train-*")
+    assert tf.io.gfile.glob(pattern) == [
+        str(out / "train-00000-of-00003.tfrecord")]
+    with pytest.raises(cli.UserError, match="2 of its 3 shards are missing"):
+        _read_names(pattern)
+    # A re-run resumes, removes the partial file, and the pattern reads
+    # every image once.
+    result = build.convert(root, "train", str(out), num_shards=3,
+                           num_workers=1, progress=False)
+    assert result.skipped_shards == 1
+    assert sorted(os.listdir(out)) == [
+        "dataset_descriptor.json", "train-00000-of-00003.tfrecord",
+        "train-00001-of-00003.tfrecord", "train-00002-of-00003.tfrecord"]
+    json_path, _, _ = synthetic.split_paths(root, "train")
+    with open(json_path) as f:
+        expected = sorted(os.path.splitext(i["file_name"])[0]
+                          for i in json.load(f)["images"])
+    assert _read_names(pattern) == expected
+
+
+def test_user_files_in_the_output_folder_survive(tmp_path):
+    root = _make(tmp_path / "coco", num_train=2)
+    out = tmp_path / "out"
+    out.mkdir()
+    mine = {"notes.txt": b"mine", "train-notes.txt": b"also mine",
+            "train-00000-of-00002.tfrecord.bak": b"a backup"}
+    for name, data in mine.items():
+        (out / name).write_bytes(data)
+    build.convert(root, "train", str(out), num_shards=2, num_workers=1,
+                  progress=False)
+    for name, data in mine.items():
+        assert (out / name).read_bytes() == data
+    assert not (out / ".partial").exists()
+
+
+def test_existing_descriptor_is_never_replaced(tmp_path):
+    root = _make(tmp_path / "coco", num_train=2)
+    categories = builtin_datasets.categories_as_json(
+        builtin_datasets.SYNTHETIC_CATEGORIES)[:4]
+
+    def custom(data):
+        data["categories"] = categories
+        for a in data["annotations"]:
+            for s in a["segments_info"]:
+                s["category_id"] = categories[0]["id"]
+                s["iscrowd"] = 0
+
+    _edit_json(root, custom)
+    # A foreign file of the descriptor's name.
+    foreign = tmp_path / "a"
+    foreign.mkdir()
+    (foreign / "dataset_descriptor.json").write_text("my notes")
+    with pytest.raises(build.ConversionError,
+                       match="is not a dataset descriptor") as e:
+        build.convert(root, "train", str(foreign), num_workers=1,
+                      progress=False)
+    assert str(foreign / "dataset_descriptor.json") in str(e.value)
+    assert (foreign / "dataset_descriptor.json").read_text() == "my notes"
+    # Ours, named after the dataset folder ('coco'); another name is
+    # refused, not written over it.
+    out = tmp_path / "b"
+    result = build.convert(root, "train", str(out), num_workers=1,
+                           progress=False)
+    descriptor = dataset_info.get_dataset_descriptor(result.descriptor_path)
+    assert descriptor.name == "coco"
+    before = (out / "dataset_descriptor.json").read_bytes()
+    with pytest.raises(build.ConversionError,
+                       match="pass --dataset_name=coco"):
+        build.convert(root, "train", str(out), num_workers=1,
+                      dataset_name="cars", progress=False)
+    assert (out / "dataset_descriptor.json").read_bytes() == before
+
+
+def _edit_copy(root, name, edit):
+    """A copy of the train JSON, edited; returns its path."""
+    json_path, _, _ = synthetic.split_paths(root, "train")
+    with open(json_path) as f:
+        data = json.load(f)
+    edit(data)
+    path = os.path.join(root, name)
+    with open(path, "w") as f:
+        json.dump(data, f)
+    return path
+
+
+def _resize_first_png(root):
+    _, png, _ = _first(root)
+    with Image.open(png) as image:
+        image.resize((image.width + 3, image.height)).save(png)
+    return png
+
+
+def _bad_inputs(root, tmp_path):
+    """(name, annotation JSON, other flags, texts the error line names)."""
+    json_path, _, _ = synthetic.split_paths(root, "train")
+    cases = []
+
+    def add(name, edit, *texts):
+        path = _edit_copy(root, f"{name}.json", edit)
+        cases.append((name, path, [], (path,) + texts))
+
+    def non_utf8_name(data):
+        data["images"][0]["file_name"] = "caf\udce9.jpg"
+
+    def no_isthing(data):
+        del data["categories"][0]["isthing"]
+
+    def empty(data):
+        data["images"], data["annotations"] = [], []
+
+    add("non_utf8_name", non_utf8_name, "not valid UTF-8")
+    add("no_isthing", no_isthing, "category #0", "lacks field 'isthing'")
+    add("empty", empty, "has no images", "--allow_empty")
+    bad_json = os.path.join(root, "bad.json")
+    with open(bad_json, "w") as f:
+        f.write('{"images": [')
+    cases.append(("bad_json", bad_json, [], (bad_json, "not valid JSON")))
+    png = _resize_first_png(root)
+    cases.append(("png_size", json_path, [],
+                  (png, "is 24x27 (height x width)", "is 24x24")))
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    cases.append(("output_dir", json_path,
+                  [f"--output_dir={blocker}/out"], ("--output_dir",)))
+    return cases
+
+
+def test_bad_inputs_are_one_line_exit_2(tmp_path):
+    root = _make(tmp_path / "coco", num_train=2, size=24)
+    _, png_dir, image_dir = synthetic.split_paths(root, "train")
+    cases = _bad_inputs(root, tmp_path)
+    processes = []
+    for name, json_path, extra, _ in cases:
+        command = [sys.executable, "-m",
+                   "max_deeplab_tf.data.build_coco_panoptic",
+                   f"--annotation_json={json_path}",
+                   f"--panoptic_dir={png_dir}", f"--image_dir={image_dir}",
+                   f"--output_dir={tmp_path / ('out_' + name)}",
+                   "--num_workers=1"] + extra
+        processes.append(subprocess.Popen(
+            command, env=_ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True))
+    start = time.time()
+    for (name, _, _, texts), process in zip(cases, processes):
+        try:
+            _, stderr = process.communicate(timeout=240)
+        finally:
+            process.kill()
+        assert process.returncode == 2, (name, stderr[-2000:])
+        assert "Traceback" not in stderr, name
+        errors = [l for l in stderr.splitlines() if l.startswith("error: ")]
+        assert len(errors) == 1, (name, stderr[-2000:])
+        assert errors[0] == stderr.strip().splitlines()[-1], name
+        for text in texts:
+            assert text in errors[0], (name, text, errors[0])
+    # The empty JSON fails within seconds (it was the slowest to start at
+    # most), and writes nothing.
+    assert time.time() - start < 60 * len(cases)
+    assert not os.path.exists(tmp_path / "out_empty" / "train-00000-of-"
+                              "00001.tfrecord")
+
+
+def test_verbose_shows_the_traceback(tmp_path):
+    root = _make(tmp_path / "coco", num_train=1, size=24)
+    _, png_dir, image_dir = synthetic.split_paths(root, "train")
+
+    def empty(data):
+        data["images"], data["annotations"] = [], []
+
+    path = _edit_copy(root, "empty.json", empty)
+    start = time.time()
+    run = subprocess.run(
+        [sys.executable, "-m", "max_deeplab_tf.data.build_coco_panoptic",
+         f"--annotation_json={path}", f"--panoptic_dir={png_dir}",
+         f"--image_dir={image_dir}", "--split=train",
+         f"--output_dir={tmp_path / 'out'}", "--verbose"],
+        env=_ENV, capture_output=True, text=True, timeout=120)
+    assert time.time() - start < 60
+    assert run.returncode == 2
+    assert "Traceback" in run.stderr and "has no images" in run.stderr
+    # --allow_empty writes the empty shards (the input pipeline then
+    # refuses them by name: tests/data/test_shards.py).
+    result = build.convert(None, "train", str(tmp_path / "out"),
+                           annotation_json=path, panoptic_dir=png_dir,
+                           image_dir=image_dir, num_shards=2,
+                           num_workers=1, allow_empty=True, progress=False)
+    assert result.num_images == 0
+    assert all(os.path.getsize(p) == 0 for p in result.shard_paths)
+
+
+def test_more_bad_inputs_name_the_file(tmp_path):
+    root = _make(tmp_path / "coco", num_train=2, size=24)
+    json_path, png_dir, image_dir = synthetic.split_paths(root, "train")
+
+    def convert(path):
+        return build.convert(None, "train", str(tmp_path / "out"),
+                             annotation_json=path, panoptic_dir=png_dir,
+                             image_dir=image_dir, num_workers=1,
+                             progress=False)
+
+    def expect(path, *texts):
+        with pytest.raises(build.ConversionError) as e:
+            convert(path)
+        for text in (path,) + texts:
+            assert text in str(e.value)
+
+    not_utf8 = os.path.join(root, "latin1.json")
+    with open(json_path, "rb") as f:
+        data = f.read()
+    with open(not_utf8, "wb") as f:
+        f.write(data.replace(b'"licenses"', b'"lic\xe9nses"'))
+    expect(not_utf8, "not UTF-8")
+    expect(_edit_copy(root, "list.json", lambda d: d["images"].append(3)),
+           "images[2]")
+    expect(_edit_copy(root, "segs.json", lambda d: d["annotations"][0]
+                      .__setitem__("segments_info", {"id": 1})),
+           "expected a list")
+    expect(_edit_copy(root, "area.json", lambda d: d["annotations"][0][
+        "segments_info"][0].__setitem__("area", "big")), "area 'big'")
+    expect(_edit_copy(root, "id.json", lambda d: d["annotations"][0][
+        "segments_info"][0].__setitem__("id", True)), "segment id True")
+    expect(_edit_copy(root, "noname.json", lambda d: d["images"][0]
+                      .__setitem__("file_name", "")), "non-empty string")
+    # A folder where the JSON should be.
+    os.makedirs(os.path.join(root, "dir.json"))
+    expect(os.path.join(root, "dir.json"), "cannot read")
+    with pytest.raises(build.ConversionError, match="--num_shards"):
+        build.convert(root, "train", str(tmp_path / "out"), num_shards=0)
+
+
+def test_png_of_another_size_is_reported_as_such(tmp_path):
+    root = _make(tmp_path / "coco", num_train=2, size=24)
+    png = _resize_first_png(root)
+    with pytest.raises(build.ConversionError) as e:
+        _convert_small(tmp_path)
+    assert str(e.value).startswith(f"{png}: panoptic PNG is 24x27 (height x "
+                                   "width) but its image ")
+    assert "area" not in str(e.value)

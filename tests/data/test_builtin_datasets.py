@@ -51,3 +51,33 @@ def test_synthetic_descriptor_is_small():
 def test_both_are_registered():
     names = dataset_info.registered_names()
     assert "coco_panoptic" in names and "synthetic_panoptic" in names
+
+
+def test_no_import_circle_with_dataset_info():
+    # builtin_datasets is data only; dataset_info imports it, not the
+    # reverse. Checked in a fresh interpreter, in both import orders.
+    import subprocess
+    import sys
+    code = ("import sys; from max_deeplab_tf.data import {first}; "
+            "from max_deeplab_tf.data import dataset_info as d; "
+            "assert 'synthetic_panoptic' in d.registered_names(); "
+            "print(sorted(m for m in sys.modules if m.startswith("
+            "'max_deeplab_tf')))")
+    run = subprocess.run(
+        [sys.executable, "-c", code.format(first="builtin_datasets")],
+        capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr[-2000:]
+    run = subprocess.run(
+        [sys.executable, "-c",
+         "import sys; from max_deeplab_tf.data import builtin_datasets; "
+         "print(sorted(m for m in sys.modules if m.startswith("
+         "'max_deeplab_tf')))"],
+        capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "max_deeplab_tf.data.dataset_info" not in run.stdout
+    assert "tensorflow" not in run.stdout
+    import ast
+    with open(builtin_datasets.__file__) as f:
+        tree = ast.parse(f.read())
+    assert not [node for node in ast.walk(tree)
+                if isinstance(node, (ast.Import, ast.ImportFrom))]

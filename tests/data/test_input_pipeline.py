@@ -289,7 +289,7 @@ def test_eval_reads_in_file_order(shards):
 @pytest.mark.parametrize("change, message", [
     (lambda o: o.crop_size.pop(), "crop_size"),
     (lambda o: o.file_pattern.__setitem__(0, "/nonexistent/x-*"),
-     "matches no files"),
+     "matches no file"),
     (lambda o: setattr(o.augmentations, "autoaugment_policy_name", "simple"),
      "autoaugment"),
     (lambda o: o.max_resize_value.append(99), "exceeds crop_size"),

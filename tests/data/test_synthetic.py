@@ -2,11 +2,14 @@
 
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 from PIL import Image
 import pytest
 
+from max_deeplab_tf import cli
 from max_deeplab_tf.data import builtin_datasets
 from max_deeplab_tf.data import synthetic
 
@@ -147,3 +150,52 @@ def test_ids_to_rgb_is_coco_encoding():
 def test_too_small_images_are_refused(tmp_path):
     with pytest.raises(ValueError, match="16"):
         synthetic.generate_split(str(tmp_path), "train", 1, 8)
+
+
+def _run(*flags):
+    return subprocess.run(
+        [sys.executable, "-m", "max_deeplab_tf.data.synthetic", *flags],
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"), capture_output=True,
+        text=True, timeout=120)
+
+
+@pytest.mark.parametrize("flags, named", [
+    (["--image_size=8"], "--image_size"),
+    (["--num_images=-1"], "--num_images"),
+    ([], "--output_dir"),
+])
+def test_bad_flags_are_one_line_exit_2(tmp_path, flags, named):
+    if named != "--output_dir":
+        flags = flags + [f"--output_dir={tmp_path / 'out'}"]
+    run = _run(*flags)
+    assert run.returncode == 2, run.stderr[-2000:]
+    assert "Traceback" not in run.stderr
+    last = run.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and named in last
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_foreign_dataset_is_never_overwritten(tmp_path):
+    # --output_dir pointed at a real COCO folder by mistake.
+    json_path, _, _ = synthetic.split_paths(str(tmp_path), "train")
+    os.makedirs(os.path.dirname(json_path))
+    with open(json_path, "w") as f:
+        f.write('{"info": {"description": "COCO 2017 Panoptic"}}')
+    with pytest.raises(cli.UserError, match="not a synthetic dataset") as e:
+        synthetic.generate(str(tmp_path), 1, 1, 16)
+    assert json_path in str(e.value)
+    with open(json_path) as f:
+        assert "COCO 2017" in f.read()
+    assert not os.path.exists(os.path.join(tmp_path, "train2017"))
+    # Ours is regenerated in place, and no temporary file is left.
+    synthetic.generate(str(tmp_path / "ours"), 1, 1, 16)
+    synthetic.generate(str(tmp_path / "ours"), 2, 1, 16)
+    assert len(os.listdir(tmp_path / "ours" / "train2017")) == 2
+    for folder, _, files in os.walk(tmp_path / "ours"):
+        assert not [n for n in files if n.startswith(".")], folder
+
+
+def test_output_dir_under_a_file(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(cli.UserError, match="--output_dir"):
+        synthetic.generate(str(tmp_path / "file" / "out"), 1, 1, 16)

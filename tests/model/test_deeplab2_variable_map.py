@@ -98,3 +98,36 @@ def test_unbuilt_model_is_rejected():
     model = max_deeplab_tf.build_model(helpers.tiny_config())
     with pytest.raises(ValueError, match="build the model"):
         dvm.deeplab2_variable_map(model)
+
+
+def test_model_garden_layout_is_deeplab2s():
+    # deeplab2 reads TF Model Garden backbones under 'backbone/_encoder/'.
+    assert dvm.normalize_checkpoint_key(
+        "backbone/_encoder/_stem/_conv1_bn_act/_conv/kernel") == (
+            "encoder/_stem/_conv1_bn_act/_conv/kernel")
+    assert dvm.normalize_checkpoint_key("encoder/_stage2/x") == (
+        "encoder/_stage2/x")
+    assert dvm.normalize_checkpoint_key("head/dense/kernel") == (
+        "head/dense/kernel")
+
+
+def test_backbone_keys_follow_deeplab2s_rule(mapping):
+    # deeplab2's check_if_variable_in_backbone, written out by hand.
+    for key in mapping:
+        expected = key.startswith("encoder/") and not any(
+            word in key for word in ("transformer", "extra", "memory_feature"))
+        assert dvm.is_backbone_key(key) == expected, key
+    assert not dvm.is_backbone_key("encoder/memory_feature")
+    assert dvm.is_backbone_key("encoder/_stem/_conv1_bn_act/_conv/kernel")
+
+
+def test_backbone_keys_are_the_models_backbone_variables():
+    # The trainer's 0.1x learning-rate split and the backbone checkpoint
+    # loader agree: trainable backbone keys are model.backbone_variables.
+    model = tiny_model()
+    mapping = dvm.deeplab2_variable_map(model)
+    by_key = {id(v) for k, v in mapping.items()
+              if dvm.is_backbone_key(k) and v.trainable}
+    assert by_key == {id(v) for v in model.backbone_variables}
+    assert any(dvm.is_backbone_key(k) and not v.trainable
+               for k, v in mapping.items())  # batch-norm statistics

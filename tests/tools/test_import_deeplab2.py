@@ -98,3 +98,126 @@ def test_model_mismatch_stops_and_writes_nothing(tmp_path):
         import_deeplab2.import_deeplab2(
             str(config_path), os.path.join(FIXTURE, "ckpt"), str(output_dir))
     assert not output_dir.exists()
+
+
+# --- bad inputs: one line, exit code 2, nothing overwritten ---------------
+
+def run_importer(*flags, timeout=300):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    return subprocess.run(
+        [sys.executable, "-m", "max_deeplab_tf.tools.import_deeplab2",
+         *flags], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+        timeout=timeout)
+
+
+def assert_one_line_error(result, *fragments):
+    assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
+    errors = [line for line in result.stderr.splitlines()
+              if line.startswith("error: ")]
+    assert len(errors) == 1, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]
+    return errors[0]
+
+
+PANOPTIC_DEEPLAB_CONFIG = """\
+experiment_name: "${EXPERIMENT_NAME}"
+model_options {
+  backbone { name: "resnet50" output_stride: 32 }
+  decoder { feature_key: "res5" decoder_channels: 256 }
+  panoptic_deeplab {
+    low_level { feature_key: "res3" channels_project: 64 }
+    semantic_head { output_channels: 134 head_channels: 256 }
+  }
+}
+"""
+
+
+def test_missing_flag_is_one_line(tmp_path):
+    result = run_importer(f"--deeplab2_config={tmp_path}/c.textproto",
+                          f"--output_dir={tmp_path}/out")
+    assert_one_line_error(result, "--deeplab2_checkpoint is required")
+
+
+def test_missing_config_and_checkpoint_are_one_line(tmp_path):
+    result = run_importer(f"--deeplab2_config={tmp_path}/none.textproto",
+                          f"--deeplab2_checkpoint={tmp_path}/ckpt-1",
+                          f"--output_dir={tmp_path}/out")
+    assert_one_line_error(result, f"{tmp_path}/none.textproto",
+                          "cannot read the deeplab2 config")
+    config = tmp_path / "panoptic.textproto"
+    config.write_text(PANOPTIC_DEEPLAB_CONFIG)
+    result = run_importer(f"--deeplab2_config={config}",
+                          f"--deeplab2_checkpoint={tmp_path}/ckpt-1",
+                          f"--output_dir={tmp_path}/out")
+    assert_one_line_error(result, str(config),
+                          "model_options.max_deeplab is not set")
+    require_fixture()
+    result = run_importer(f"--deeplab2_config={FIXTURE}/config.textproto",
+                          f"--deeplab2_checkpoint={tmp_path}/ckpt-1",
+                          f"--output_dir={tmp_path}/out")
+    assert_one_line_error(result, "--deeplab2_checkpoint",
+                          f"{tmp_path}/ckpt-1", "no such checkpoint")
+    result = run_importer(f"--deeplab2_config={FIXTURE}/config.textproto",
+                          f"--deeplab2_checkpoint={tmp_path}",
+                          f"--output_dir={tmp_path}/out")
+    assert_one_line_error(result, "holds no checkpoint")
+    assert not (tmp_path / "out").exists()
+
+
+def test_checkpoint_missing_variables_is_one_line(tmp_path):
+    require_fixture()
+    from tests.model.test_deeplab2_variable_map import (
+        write_deeplab2_style_checkpoint)
+    prefix = os.path.join(FIXTURE, "ckpt", "ckpt-0")
+    reader = tf.train.load_checkpoint(prefix)
+    suffix = "/.ATTRIBUTES/VARIABLE_VALUE"
+    names = [n for n, _ in tf.train.list_variables(prefix)
+             if n.endswith(suffix) and "optimizer" not in n
+             and not n.startswith(("global_step", "save_counter"))]
+    dropped = "semantic_last_layer/bias"
+    values = {n[:-len(suffix)]: reader.get_tensor(n) for n in names
+              if n[:-len(suffix)] != dropped}
+    partial = write_deeplab2_style_checkpoint(values, str(tmp_path / "ckpt"))
+    result = run_importer(f"--deeplab2_config={FIXTURE}/config.textproto",
+                          f"--deeplab2_checkpoint={partial}",
+                          f"--output_dir={tmp_path}/out")
+    line = assert_one_line_error(result, partial,
+                                 "1 model variable(s) not in the checkpoint",
+                                 "semantic_last_layer/bias")
+    assert len(line) < 2000
+    assert not (tmp_path / "out").exists()
+
+
+def test_foreign_output_dir_is_refused_and_kept(tmp_path):
+    require_fixture()
+    output = tmp_path / "precious"
+    output.mkdir()
+    (output / "notes.txt").write_text("mine")
+    (output / "checkpoint").write_text("model_checkpoint_path: 'ckpt-9'\n")
+    result = run_importer(f"--deeplab2_config={FIXTURE}/config.textproto",
+                          f"--deeplab2_checkpoint={FIXTURE}/ckpt/ckpt-0",
+                          f"--output_dir={output}")
+    assert_one_line_error(result, "--output_dir", str(output), "notes.txt",
+                          "not empty")
+    assert sorted(os.listdir(output)) == ["checkpoint", "notes.txt"]
+    assert (output / "notes.txt").read_text() == "mine"
+    assert (output / "checkpoint").read_text() == (
+        "model_checkpoint_path: 'ckpt-9'\n")
+
+
+def test_earlier_import_is_replaced_and_nothing_else_is_left(imported,
+                                                             tmp_path):
+    # The output of the module fixture's import, imported again in place.
+    import shutil
+    again = tmp_path / "again"
+    shutil.copytree(imported, again)
+    before = sorted(os.listdir(again))
+    result = import_deeplab2.import_deeplab2(
+        os.path.join(FIXTURE, "config.textproto"),
+        os.path.join(FIXTURE, "ckpt"), str(again))
+    assert sorted(os.listdir(again)) == before
+    assert not [n for n in before if n.startswith(".import-")]
+    assert result.checkpoint_path == str(again / "ckpt-0")
+    assert tf.train.latest_checkpoint(str(again)) == str(again / "ckpt-0")
