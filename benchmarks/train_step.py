@@ -87,7 +87,8 @@ def child(args):
         [f"train_dataset_options {{ crop_size: {crop} crop_size: {crop} "
          f"batch_size: {args.batch_size} file_pattern: 'unused' }}",
          f"eval_dataset_options {{ crop_size: {crop} crop_size: {crop} "
-         "file_pattern: 'unused' }"])
+         "file_pattern: 'unused' }",
+         "model_options { initial_checkpoint: '' }"])
     descriptor = dataset_info.get_dataset_descriptor(
         config.train_dataset_options.dataset)
     strategy = tf.distribute.get_strategy()

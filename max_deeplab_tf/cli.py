@@ -73,7 +73,12 @@ def one_line(message: str) -> str:
     """Folds a message onto one line (config errors list several problems;
     they stay readable as '; '-joined parts)."""
     parts = [part.strip() for part in str(message).splitlines()]
-    return "; ".join(part for part in parts if part)
+    folded = ""
+    for part in filter(None, parts):
+        if folded:
+            folded += " " if folded.endswith(":") else "; "
+        folded += part
+    return folded
 
 
 def is_user_error(error: BaseException) -> bool:
@@ -204,3 +209,12 @@ def _isatty(stream) -> bool:
         return stream.isatty()
     except (AttributeError, ValueError):
         return False
+
+
+def reject_arguments(argv: Sequence[str]) -> None:
+    """Raises UserError when an absl command got positional arguments
+    (`main(argv)` receives the program name first): every input of our
+    commands is a --flag, so a stray word is a typo, e.g. a missing '='."""
+    if len(argv) > 1:
+        raise UserError(f"unexpected argument(s) {list(argv[1:])}; every "
+                        "input is a --flag (e.g. --output_dir=DIR)")

@@ -41,7 +41,7 @@ def test_user_error_is_one_line_with_exit_2():
 def test_multi_line_message_is_folded_onto_one_line():
     result = _run("multi")
     assert result.returncode == 2
-    assert result.stderr == "error: two problems:; a: bad; b: worse\n"
+    assert result.stderr == "error: two problems: a: bad; b: worse\n"
 
 
 def test_verbose_adds_the_traceback():

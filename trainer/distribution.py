@@ -14,6 +14,8 @@ from typing import Optional
 from absl import logging
 import tensorflow as tf
 
+from max_deeplab_tf import cli
+
 STRATEGY_NAMES = ("auto", "one_device", "mirrored", "multi_worker_mirrored",
                   "tpu")
 
@@ -55,7 +57,7 @@ def num_workers_in_tf_config(environ=None) -> int:
     try:
         config = json.loads(text)
     except json.JSONDecodeError as e:
-        raise ValueError(f"TF_CONFIG is not valid JSON: {e}") from e
+        raise cli.UserError(f"TF_CONFIG is not valid JSON: {e}") from e
     cluster = config.get("cluster", {})
     return len(cluster.get("worker", [])) + len(cluster.get("chief", []))
 
@@ -64,7 +66,7 @@ def resolve_strategy_name(name: str, tpu: Optional[str], num_gpus: int,
                           environ=None) -> str:
     """The concrete strategy 'auto' (or an explicit name) stands for."""
     if name not in STRATEGY_NAMES:
-        raise ValueError(
+        raise cli.UserError(
             f"trainer_options.distribution_strategy {name!r} is not one of "
             f"{list(STRATEGY_NAMES)}")
     if name != "auto":
@@ -95,7 +97,8 @@ def create_strategy(name: str = "auto", tpu: Optional[str] = None,
     resolved = resolve_strategy_name(name, tpu, num_gpus)
     if resolved == "tpu":
         if not tpu:
-            raise ValueError("distribution_strategy 'tpu' needs --tpu")
+            raise cli.UserError(
+                "trainer_options.distribution_strategy 'tpu' needs --tpu")
         resolver = tf.distribute.cluster_resolver.TPUClusterResolver(
             tpu=tpu if tpu != "local" else "local")
         if tpu not in ("", "local"):
@@ -108,7 +111,7 @@ def create_strategy(name: str = "auto", tpu: Optional[str] = None,
         if num_gpus > 0:
             gpus = tf.config.list_logical_devices("GPU")
             if len(gpus) < num_gpus:
-                raise ValueError(
+                raise cli.UserError(
                     f"--num_gpus={num_gpus} but only {len(gpus)} GPU(s) are "
                     "visible")
             devices = [d.name for d in gpus[:num_gpus]]
@@ -118,7 +121,8 @@ def create_strategy(name: str = "auto", tpu: Optional[str] = None,
     else:
         if num_gpus > 0:
             if not tf.config.list_logical_devices("GPU"):
-                raise ValueError(f"--num_gpus={num_gpus} but no GPU is visible")
+                raise cli.UserError(
+                    f"--num_gpus={num_gpus} but no GPU is visible")
             device = "/gpu:0"
         else:
             device = "/cpu:0"
@@ -133,12 +137,13 @@ def per_replica_batch_size(global_batch_size: int, num_replicas: int,
     """The per-replica batch; the global batch must divide evenly.
 
     Raises:
-      ValueError: naming the field when it does not.
+      cli.UserError: naming the field when it does not.
     """
     if global_batch_size <= 0:
-        raise ValueError(f"{field} must be positive, got {global_batch_size}")
+        raise cli.UserError(
+            f"{field} must be positive, got {global_batch_size}")
     if global_batch_size % num_replicas:
-        raise ValueError(
+        raise cli.UserError(
             f"{field} {global_batch_size} is the global batch and must be "
             f"divisible by the {num_replicas} replicas in sync")
     return global_batch_size // num_replicas

@@ -17,6 +17,7 @@ import numpy as np
 import orbit
 import tensorflow as tf
 
+from max_deeplab_tf import cli
 from max_deeplab_tf import common
 from max_deeplab_tf.training import files
 from max_deeplab_tf.training import visualization
@@ -39,12 +40,16 @@ class EvalHooks:
         "per_class": {...}}, fractions in [0, 1].
       save_predictions: Optional (images, gt, predictions, names, directory)
         -> None writing prediction images; numpy inputs.
+      draw_panels: Optional (images, gt, predictions) -> uint8 [batch, H, W,
+        3] panels (with class names); default: plain image | gt | prediction
+        strips of the evaluator's colormap.
     """
 
     post_process: Callable
     pq_statistics: Callable
     pq_result: Callable
     save_predictions: Optional[Callable] = None
+    draw_panels: Optional[Callable] = None
 
 
 def flatten_pq(pq: Dict[str, Any]) -> Dict[str, float]:
@@ -159,8 +164,9 @@ class Evaluator(orbit.StandardEvaluator):
 
     def eval_end(self, state=None):
         if state is None or state["sums"] is None:
-            raise ValueError("evaluation saw no data: the eval dataset is "
-                             "empty (check eval_dataset_options.file_pattern)")
+            raise cli.UserError(
+                "eval_dataset_options.file_pattern: evaluation saw no data; "
+                "expected a non-empty evaluation dataset")
         step = int(self._global_step.numpy())
         count = max(state["count"], 1.0)
         pq = self._hooks.pq_result(state["sums"])
@@ -176,9 +182,13 @@ class Evaluator(orbit.StandardEvaluator):
             files.write_json(f"{eval_dir}/metrics-{step}.json", metrics)
             files.write_json(f"{eval_dir}/metrics-latest.json", metrics)
         vis = state["vis"]
-        panels = visualization.side_by_side(
-            vis["image"], vis["gt"], vis["pred"], self._colormap,
-            self._label_divisor)
+        if self._hooks.draw_panels is not None:
+            panels = self._hooks.draw_panels(vis["image"], vis["gt"],
+                                             vis["pred"])
+        else:
+            panels = visualization.side_by_side(
+                vis["image"], vis["gt"], vis["pred"], self._colormap,
+                self._label_divisor)
         tf.summary.image("predictions/image_gt_prediction", panels,
                          step=step, max_outputs=self._num_vis)
         if self._write_files and self._save_dir:

@@ -24,17 +24,21 @@ def eval_hooks(config, descriptor) -> evaluator_lib.EvalHooks:
     def pq_result(sums):
         return streaming.result_from_statistics(sums, descriptor)
 
+    from max_deeplab_tf.training import visualization
     return evaluator_lib.EvalHooks(
         post_process=post_process,
         pq_statistics=streaming.statistics_fn(descriptor),
-        pq_result=pq_result)
+        pq_result=pq_result,
+        draw_panels=visualization.panels_fn(descriptor))
 
 
-def export(config, model, export_dir):
-    """A SavedModel with the serving signature of max_deeplab_tf.export."""
+def export(config, model, export_dir, global_step):
+    """Version `global_step` of the export root export_dir (a SavedModel with
+    the serving signature of max_deeplab_tf.export); returns its folder."""
     from max_deeplab_tf import export as export_lib
 
-    export_lib.export_saved_model(model, config, export_dir)
+    return export_lib.export_saved_model(model, config, export_dir,
+                                         global_step)
 
 
 def prepare_synthetic_data(config) -> None:
@@ -47,8 +51,9 @@ def prepare_synthetic_data(config) -> None:
         return
     options = config.trainer_options.synthetic_data
     if not options.coco_dir or not options.shard_dir:
-        raise ValueError(
-            "trainer_options.synthetic_data needs coco_dir and shard_dir")
+        from max_deeplab_tf import cli
+        raise cli.UserError(
+            "trainer_options.synthetic_data: needs coco_dir and shard_dir")
     from max_deeplab_tf.data import build_coco_panoptic
     from max_deeplab_tf.data import synthetic
 
@@ -71,3 +76,21 @@ def prepare_synthetic_data(config) -> None:
                      split, options.num_shards, shard_dir)
         build_coco_panoptic.convert(coco_dir, split, shard_dir,
                                     num_shards=options.num_shards)
+
+
+def check_data(dataset_options, field: str, is_training: bool) -> None:
+    """Fails fast, in one line, on data that cannot feed the run: a pattern
+    that matches no file, an incomplete shard set, or shards holding no
+    example (an empty training set would make the repeated pipeline wait
+    forever). See input_pipeline.check_not_empty.
+
+    Raises:
+      cli.UserError: naming `field`.file_pattern.
+    """
+    from max_deeplab_tf.data import input_pipeline
+
+    # Evaluation keeps a last partial batch (except on TPUs, whose check at
+    # pipeline construction covers that case).
+    input_pipeline.check_not_empty(dataset_options, is_training,
+                                   drop_remainder=False,
+                                   field=f"{field}.file_pattern")

@@ -10,14 +10,30 @@ trainer_options.model_dir (the demo config names demo_output/model). The
 demo, `python -m trainer.main --config_file=configs/demo.textproto`, first
 makes its synthetic dataset (trainer_options.synthetic_data) if absent.
 Every path may be local, gs:// or ram://.
+
+Exit codes: 0 done; 2 a bad input (one line naming the file, field or flag;
+--verbose adds the traceback); 3 training stopped on purpose (too many
+non-finite steps); 1 a bug.
 """
 
 import os
-import sys
 
-from absl import app
-from absl import flags
-from absl import logging
+# TensorFlow's C++ logging reads this once, when TensorFlow is first
+# imported; nothing above imports it. Level 2 drops INFO and WARNING lines
+# (oneDNN, cpu_feature_guard, "Could not find cuda drivers"); see
+# _filtered_stderr for the ERROR line of a CPU-only host.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import contextlib  # noqa: E402
+import re  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+from absl import logging  # noqa: E402
+
+from max_deeplab_tf import cli  # noqa: E402
 
 _MODES = ("train", "eval", "train_and_eval", "continuous_eval", "export")
 
@@ -40,43 +56,132 @@ flags.DEFINE_integer(
     "Split the host CPU into this many logical devices (with --num_gpus=0 "
     "and several devices, training uses MirroredStrategy over them; for "
     "testing distribution without accelerators).")
+cli.define_verbose_flag()
+
+# What TensorFlow's CUDA platform prints, at ERROR level, when it probes for
+# GPUs on a host with CUDA libraries but no usable GPU: expected on a
+# CPU-only run.
+_CUDA_PROBE_ERROR = re.compile(r"failed call to cuInit")
+
+
+@contextlib.contextmanager
+def _filtered_stderr(drop: re.Pattern, enabled: bool = True):
+    """Runs the body with file descriptor 2 captured, then writes back every
+    captured line that `drop` does not match (TensorFlow's C++ logging
+    writes to the descriptor directly, below Python's sys.stderr)."""
+    if not enabled:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            for line in capture.read().decode(errors="replace").splitlines(
+                    keepends=True):
+                if not drop.search(line):
+                    sys.stderr.write(line)
+            sys.stderr.flush()
+
+
+def _start_tensorflow(num_cpu_devices: int, num_gpus: int) -> None:
+    """Imports TensorFlow and starts its devices (the CPU split must come
+    before anything else touches them); on a CPU-only run (num_gpus == 0)
+    without the GPU probe's expected error line, every other line kept."""
+    with _filtered_stderr(_CUDA_PROBE_ERROR, enabled=num_gpus == 0):
+        import tensorflow as tf  # pylint: disable=import-outside-toplevel
+        from trainer import distribution  # pylint: disable=import-outside-toplevel
+        tf.config.list_physical_devices()
+        distribution.split_cpu(num_cpu_devices)
+    _quiet_library_info()
+
+
+def _quiet_library_info() -> None:
+    """Drops the INFO lines TensorFlow's and orbit's Python code logs
+    ("Sharding callback duration", "Customized initialization is done",
+    "Sync on async checkpoint saving", ...); their warnings and errors, and
+    every line of ours, still show."""
+    import logging as std_logging  # pylint: disable=import-outside-toplevel
+
+    import orbit  # pylint: disable=import-outside-toplevel
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
+    roots = tuple(os.path.dirname(module.__file__) + os.sep
+                  for module in (tf, orbit))
+    # TensorFlow's Python files live under tensorflow/python, whatever the
+    # path of the package that re-exports them.
+    roots += (os.sep + os.path.join("tensorflow", "python") + os.sep,)
+
+    class LibraryInfo(std_logging.Filter):
+        def filter(self, record):
+            if record.levelno >= std_logging.WARNING:
+                return True
+            return not any(root in record.pathname for root in roots)
+
+    logging.get_absl_handler().addFilter(LibraryInfo())
 
 
 def main(argv):
-    del argv
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if len(argv) > 1:
+        raise app.UsageError(
+            f"unexpected argument(s) {argv[1:]}; every option is a --flag")
     if not FLAGS.config_file:
         raise app.UsageError("--config_file is required")
-    # Devices must be configured before anything else touches TensorFlow.
-    from trainer import distribution
-    distribution.split_cpu(FLAGS.num_cpu_devices)
-
-    from max_deeplab_tf.config import ConfigError
+    if FLAGS.num_cpu_devices < 1:
+        raise app.UsageError(
+            f"--num_cpu_devices={FLAGS.num_cpu_devices}: expected 1 or more")
+    if FLAGS.num_gpus < 0:
+        raise app.UsageError(f"--num_gpus={FLAGS.num_gpus}: expected 0 or "
+                             "more")
+    # Before anything else touches TensorFlow (loading the config imports
+    # Keras, which lists the devices).
+    _start_tensorflow(FLAGS.num_cpu_devices, FLAGS.num_gpus)
     from max_deeplab_tf.config import load_experiment
     from trainer import train_lib
 
-    try:
-        config = load_experiment(FLAGS.config_file, FLAGS.config_override)
-    except ConfigError as e:
-        logging.error("%s", e)
-        print(e, file=sys.stderr)
-        sys.exit(2)
+    config = load_experiment(FLAGS.config_file, FLAGS.config_override,
+                             mode=FLAGS.mode)
     model_dir = FLAGS.model_dir or config.trainer_options.model_dir
     if not model_dir:
         raise app.UsageError(
             "--model_dir is required (or set trainer_options.model_dir in the "
             "config)")
+
     try:
         train_lib.run_experiment(FLAGS.mode, config, model_dir, tpu=FLAGS.tpu,
                                  num_gpus=FLAGS.num_gpus)
     except train_lib.TrainingStopped as e:
         logging.error("%s", e)
-        print(f"ERROR: {e}", file=sys.stderr)
-        sys.exit(3)
+        print(f"error: {cli.one_line(str(e))}", file=sys.stderr, flush=True)
+        _exit_now(3)
+    _exit_now(0)
+
+
+def _exit_now(code: int) -> None:
+    """Ends the process once run_experiment has returned, skipping the
+    interpreter's teardown.
+
+    Measured on a 20-step run of the demo model: 56 s passed between the
+    last log line and the exit (0.2 s with this), spent destroying the training input pipeline's iterator (its
+    destructor waits for the tf.data worker threads) and then freeing
+    every traced graph, memory the OS reclaims at once anyway. Everything
+    the run writes is closed by then: checkpoints are written
+    synchronously, metrics and exports through closed files, and the
+    summary writers were flushed.
+    """
+    logging.flush()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)  # pylint: disable=protected-access
 
 
 def run():
-    app.run(main)
+    cli.run_absl_main(main)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,10 @@ Each loop of `steps_per_loop` steps runs inside one tf.function; at its end
 the mean of every loss term over the loop's applied steps, the learning
 rate and the skipped-step count go to TensorBoard (through orbit's
 Controller) and to the log as one line with step, loss terms, learning rate,
-steps/s, images/s and ETA.
+steps/s, images/s and ETA. A loop whose steps were all skipped shows the
+mean over its skipped steps instead (NaN or infinity, as they were), never
+a made-up 0. The ETA is measured from the end of the process's first loop,
+whose time is mostly tracing.
 """
 
 import time
@@ -65,9 +68,14 @@ class Trainer(orbit.StandardTrainer):
         self._loss_names = names
         with strategy.scope():
             self._sums = {name: _accumulator(f"sum_{name}") for name in names}
+            # Over all steps, skipped ones included: what a loop without an
+            # applied step reports.
+            self._all_sums = {name: _accumulator(f"all_sum_{name}")
+                              for name in names}
             self._applied = _accumulator("applied_steps")
             self._skipped = _accumulator("skipped_steps")
             self._grad_norm = _accumulator("sum_gradient_norm")
+            self._all_grad_norm = _accumulator("all_sum_gradient_norm")
         dataset = orbit.utils.make_distributed_dataset(
             strategy, train_dataset_fn)
         super().__init__(
@@ -76,6 +84,8 @@ class Trainer(orbit.StandardTrainer):
                 use_tf_while_loop=use_tf_while_loop))
         self._loop_start = None
         self._loop_start_step = 0
+        # (time, step) at the end of the first loop: the ETA's origin.
+        self.__dict__["_timing_origin"] = None
         self.__dict__["last_logs"] = None
         self.__dict__["history"] = []
 
@@ -85,7 +95,9 @@ class Trainer(orbit.StandardTrainer):
 
     def train_loop_begin(self):
         for variable in (list(self._sums.values())
-                         + [self._applied, self._skipped, self._grad_norm]):
+                         + list(self._all_sums.values())
+                         + [self._applied, self._skipped, self._grad_norm,
+                            self._all_grad_norm]):
             variable.assign(0.0)
         self._loop_start = time.time()
         self._loop_start_step = int(self._global_step.numpy())
@@ -102,29 +114,52 @@ class Trainer(orbit.StandardTrainer):
             # A skipped step's loss may be NaN; keep it out of the means.
             self._sums[name].assign_add(
                 tf.where(applied > 0, value, tf.zeros_like(value)))
+            self._all_sums[name].assign_add(value)
+        norm = tf.cast(first["gradient_norm"], tf.float32)
         self._grad_norm.assign_add(tf.where(
-            applied > 0, tf.cast(first["gradient_norm"], tf.float32),
-            tf.constant(0.0, tf.float32)))
+            applied > 0, norm, tf.constant(0.0, tf.float32)))
+        self._all_grad_norm.assign_add(norm)
         self._applied.assign_add(applied)
         self._skipped.assign_add(1.0 - applied)
         self._global_step.assign_add(1)
 
+    def _loop_means(self, steps: int) -> Dict[str, float]:
+        """Loss terms and gradient norm averaged over the loop's applied
+        steps, or over all its steps when none was applied."""
+        applied = float(self._applied.numpy())
+        if applied > 0:
+            sums, norm, count = self._sums, self._grad_norm, applied
+        else:
+            sums, norm, count = self._all_sums, self._all_grad_norm, steps
+        count = max(count, 1)
+        means = {f"losses/{name}": float(sums[name].numpy()) / count
+                 for name in self._loss_names}
+        means["gradient_norm"] = float(norm.numpy()) / count
+        return means
+
+    def _eta(self, step: int, now: float) -> str:
+        """Time left at the rate measured since the end of the first loop
+        (the first loop's time is mostly tracing)."""
+        if self._timing_origin is None:
+            self.__dict__["_timing_origin"] = (now, step)
+            return "after the next loop (this one includes tracing)"
+        start, start_step = self._timing_origin
+        rate = (step - start_step) / max(now - start, 1e-9)
+        return format_duration((self._total_steps - step) / max(rate, 1e-9))
+
     def train_loop_end(self) -> Dict[str, tf.Tensor]:
-        elapsed = max(time.time() - self._loop_start, 1e-9)
+        now = time.time()
+        elapsed = max(now - self._loop_start, 1e-9)
         step = int(self._global_step.numpy())
         steps = step - self._loop_start_step
-        applied = max(float(self._applied.numpy()), 1.0)
-        logs = {f"losses/{name}": float(self._sums[name].numpy()) / applied
-                for name in self._loss_names}
+        logs = self._loop_means(steps)
         learning_rate = float(self._step.model_optimizer.learning_rate)
         logs["learning_rate"] = learning_rate
-        logs["gradient_norm"] = float(self._grad_norm.numpy()) / applied
         logs["skipped_nonfinite_steps"] = float(self._skipped.numpy())
         if self._step.use_loss_scaling:
             logs["loss_scale"] = float(self._step.loss_scale.numpy())
         steps_per_second = steps / elapsed
         images_per_second = steps_per_second * self._global_batch_size
-        eta = (self._total_steps - step) / max(steps_per_second, 1e-9)
         logs["images_per_second"] = images_per_second
         terms = " ".join(f"{name}={logs['losses/' + name]:.4f}"
                          for name in self._loss_names)
@@ -132,7 +167,7 @@ class Trainer(orbit.StandardTrainer):
         logging.info(
             "step %d/%d | %s | lr=%.3g | %.2f steps/s | %.1f images/s | "
             "ETA %s%s", step, self._total_steps, terms, learning_rate,
-            steps_per_second, images_per_second, format_duration(eta),
+            steps_per_second, images_per_second, self._eta(step, now),
             f" | skipped {skipped} non-finite step(s)" if skipped else "")
         # Plain attributes: tf.Module would wrap them for tracking.
         self.__dict__["last_logs"] = dict(logs)

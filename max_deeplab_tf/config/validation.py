@@ -4,7 +4,10 @@ Each check returns problems as 'location: field: what is wrong, what was
 expected' so that `load_experiment` can report all of them at once.
 """
 
+import math
 from typing import Callable, Dict, List, Optional
+
+from google.protobuf import descriptor as descriptor_lib
 
 from max_deeplab_tf.config import textproto
 # Plain configuration tables (no TensorFlow): the names the model builds.
@@ -30,6 +33,7 @@ class _Checker:
         self._locations = locations
         self._default_source = default_source
         self.problems: List[str] = []
+        self._reported = set()
 
     def where(self, path: str) -> str:
         # A field left at its default is reported at its closest set parent.
@@ -41,6 +45,10 @@ class _Checker:
         return f"{self._default_source} (default)"
 
     def add(self, path: str, text: str) -> None:
+        # One problem per field: a NaN would fail a range check too.
+        if path in self._reported:
+            return
+        self._reported.add(path)
         self.problems.append(f"{self.where(path)}: {path}: {text}")
 
     def check(self, path: str, ok: bool, text: str) -> None:
@@ -57,6 +65,28 @@ class _Checker:
 
     def positive(self, path: str, value) -> None:
         self.check(path, value > 0, f"{value:.6g} must be positive")
+
+
+_FLOATING_TYPES = (descriptor_lib.FieldDescriptor.CPPTYPE_FLOAT,
+                   descriptor_lib.FieldDescriptor.CPPTYPE_DOUBLE)
+
+
+def _check_finite(checker: _Checker, message, prefix: str = "") -> None:
+    """Every float and double field set anywhere in `message` (walked
+    through its descriptor, repeated fields included) must be finite:
+    text_format accepts nan, inf and -inf, and one of them in a learning
+    rate or a loss weight would poison training."""
+    for field, value in message.ListFields():
+        path = f"{prefix}{field.name}"
+        if field.cpp_type == descriptor_lib.FieldDescriptor.CPPTYPE_MESSAGE:
+            for child in (value if field.is_repeated else [value]):
+                _check_finite(checker, child, path + ".")
+        elif field.cpp_type in _FLOATING_TYPES:
+            values = list(value) if field.is_repeated else [value]
+            bad = [v for v in values if not math.isfinite(v)]
+            if bad:
+                checker.add(path, f"{bad[0]} is not a finite number; "
+                                  "expected a finite value")
 
 
 def _check_crop(checker: _Checker, path: str, crop, output_stride: int,
@@ -117,6 +147,7 @@ def validate(experiment: config_pb2.ExperimentOptions,
     from max_deeplab_tf.data import dataset_info
 
     checker = _Checker(locations, source)
+    _check_finite(checker, experiment)
     model = experiment.model_options
     backbone = model.backbone
     output_stride = backbone.output_stride

@@ -26,6 +26,16 @@ from max_deeplab_tf.evaluation import panoptic_quality
 from max_deeplab_tf.evaluation import streaming
 
 
+def image_id_of(stem: str):
+    """The COCO image_id of a file stem: an integer when the stem is all
+    digits ('000000000139' -> 139, as COCO names its files), else the stem.
+
+    Predictions and ground truth written through this function match on the
+    same key, and match the official COCO JSONs for COCO's files.
+    """
+    return int(stem) if stem.isascii() and stem.isdigit() else stem
+
+
 def categories_json(descriptor) -> List[Dict]:
     """The COCO "categories" list of a descriptor (void excluded)."""
     names = list(descriptor.class_names)
@@ -205,8 +215,8 @@ def save_predictions_fn(descriptor):
             if isinstance(name, bytes):
                 name = name.decode()
             stem = str(name).rsplit("/", 1)[-1].rsplit(".", 1)[0]
-            gt_writer.add(stem, gt_map, f"{stem}.png")
-            pred_writer.add(stem, pred_map, f"{stem}.png")
+            gt_writer.add(image_id_of(stem), gt_map, f"{stem}.png")
+            pred_writer.add(image_id_of(stem), pred_map, f"{stem}.png")
         gt_writer.close()
         pred_writer.close()
 

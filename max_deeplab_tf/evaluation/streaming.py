@@ -207,7 +207,10 @@ def result_from_statistics(statistics: Mapping[str, np.ndarray],
 
     Returns:
       {"All"|"Things"|"Stuff": {"pq", "sq", "rq", "n"}, "per_class": {...}},
-      keyed by category id (see `category_of_class`), as the command writes.
+      keyed by category id (see `category_of_class`), as the command writes;
+      each per-class entry also carries the class's "name" (the
+      descriptor's class name, or "class_<semantic id>" without one) and
+      "isthing".
     """
     values = {k: np.asarray(statistics[k], np.float64) for k in STATISTICS}
     mapping = category_of_class(descriptor)
@@ -217,7 +220,15 @@ def result_from_statistics(statistics: Mapping[str, np.ndarray],
     for semantic, category in mapping.items():
         categories[category] = semantic in things
         stats[category] = np.array([values[k][semantic] for k in STATISTICS])
-    return panoptic_quality.summarize(stats, categories)
+    result = panoptic_quality.summarize(stats, categories)
+    names = list(descriptor.class_names)
+    for semantic, category in mapping.items():
+        entry = result["per_class"].get(str(category))
+        if entry is not None:
+            entry["name"] = (names[semantic] if semantic < len(names)
+                             and names[semantic] else f"class_{semantic}")
+            entry["isthing"] = semantic in things
+    return result
 
 
 class PanopticQuality(tf.Module):

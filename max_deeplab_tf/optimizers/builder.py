@@ -160,6 +160,14 @@ class ModelOptimizer:
                             self._split(self._variables, backbone))
 
     @property
+    def variables(self) -> List[object]:
+        """Every variable the optimizer(s) own: slots, Lookahead's slow
+        weights, step counters (the train step's non-finite guard restores
+        them when an update goes wrong)."""
+        return [v for optimizer, _ in self._groups
+                for v in optimizer.variables]
+
+    @property
     def learning_rate(self):
         """The main optimizer's current learning rate."""
         return self.optimizer.learning_rate

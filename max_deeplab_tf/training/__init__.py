@@ -5,7 +5,9 @@
     optional XLA).
   checkpoints.model_view(model): what to checkpoint so that Keras 3 models
     keeping layers in lists lose nothing; load_initial_checkpoint(model,
-    path, ...) with a matched/unmatched report.
+    path, ...) with a matched/unmatched report; CheckpointManager (no
+    non-finite writes), ModelOnlyCheckpoint (quiet partial reads),
+    remove_stale_temporaries (what a killed write left).
   files: atomic writes through tf.io.gfile.
   visualization: panoptic maps as colour images.
 """

@@ -11,17 +11,24 @@ each replica:
 2. Gradients and loss terms are summed across replicas here (not in the
    optimizer), so every replica sees the gradient of the global batch: the
    non-finite check and global-norm clipping then agree on all replicas.
-3. Non-finite guard: if the total loss or a gradient is not finite, the
-   update is skipped (weights, optimizer slots and optimizer step stay as
-   they were, and the model's non-trainable state that the forward pass
-   updated, e.g. batch-norm moving statistics, is put back). A skip
-   because of a non-finite loss (or, in float32/bfloat16, of a non-finite
-   gradient) counts towards `consecutive_nonfinite`; an
-   overflow of float16 gradients with a finite loss only halves the loss
-   scale. When `consecutive_nonfinite` reaches the configured limit the step
-   raises (or, where asserts cannot run, e.g. XLA, the caller's host-side
-   check does) with a message saying what happened.
+3. Non-finite guard, before the update: if the total loss, a gradient or
+   a batch-norm statistic is not finite, the update is skipped (weights,
+   optimizer slots and optimizer step stay as they were, and the model's
+   non-trainable state that the forward pass updated, e.g. batch-norm
+   moving statistics, is put back).
 4. The update: clipping by global norm, then the optimizer(s).
+5. Non-finite guard, after the update: if the update left ANY variable it
+   wrote non-finite (weights, optimizer slots, Lookahead's slow weights;
+   e.g. an infinite or huge learning rate), it is rolled back: every
+   variable gets its value from before the step again. One reduction per
+   variable inside the step, no host synchronisation.
+
+A skipped or rolled-back step counts towards `consecutive_nonfinite`,
+except an overflow of float16 gradients at a finite loss, which only halves
+the loss scale. When `consecutive_nonfinite` reaches the configured limit the
+step raises (or, where asserts cannot run, e.g. on TPU, the caller's
+host-side check does) with a message saying what happened. The weights are
+then those of the last good step, and so is every checkpoint written.
 
 With `jit_compile` the forward and backward pass (the bulk of the work) is
 compiled with XLA; the cross-replica sums and the update run outside it
@@ -29,7 +36,7 @@ because tf.distribute's cross-replica calls cannot run inside a nested
 compiled function. On a TPU the strategy compiles the whole step anyway.
 """
 
-from typing import Callable, Dict
+from typing import Callable, Dict, Iterable, List, Sequence
 
 import keras
 import tensorflow as tf
@@ -40,6 +47,28 @@ NONFINITE_ERROR = "non-finite loss"
 # Dynamic loss scaling for float16, as Keras' LossScaleOptimizer.
 INITIAL_LOSS_SCALE = 2.0 ** 15
 LOSS_SCALE_GROWTH_STEPS = 2000
+
+
+def _tf_variable(variable):
+    """The tf.Variable behind a Keras 3 variable (or the variable itself)."""
+    return variable.value if isinstance(variable, keras.Variable) else variable
+
+
+def _unique(variables: Iterable[tf.Variable]) -> List[tf.Variable]:
+    seen, unique = set(), []
+    for variable in variables:
+        if id(variable) not in seen:
+            seen.add(id(variable))
+            unique.append(variable)
+    return unique
+
+
+def _all_finite(values: Sequence) -> tf.Tensor:
+    """True when no floating value holds a NaN or an infinity (integer
+    counters are always finite)."""
+    checks = [tf.reduce_all(tf.math.is_finite(v)) for v in values
+              if tf.as_dtype(v.dtype).is_floating]
+    return tf.reduce_all(checks) if checks else tf.constant(True)
 
 
 def _state_variable(name, value, dtype):
@@ -149,65 +178,103 @@ class TrainStep:
         state_before = [tf.identity(v) for v in self.state_variables]
         scaled, grads = self._forward_backward(
             inputs, tf.identity(self.loss_scale))
+        # Non-synchronised batch norm gives each replica its own statistics:
+        # their health is summed with the gradients so that every replica
+        # takes the same decision.
+        state_bad = 1.0 - tf.cast(_all_finite(self.state_variables),
+                                  tf.float32)
         present = [i for i, g in enumerate(grads) if g is not None]
         reduced = context.all_reduce(
             tf.distribute.ReduceOp.SUM,
-            [grads[i] for i in present] + [scaled])
-        losses = reduced[-1]
+            [grads[i] for i in present] + [scaled, state_bad])
+        losses = reduced[-2]
+        state_finite = tf.equal(reduced[-1], 0.0)
         full = [None] * len(grads)
-        for i, g in zip(present, reduced[:-1]):
+        for i, g in zip(present, reduced[:-2]):
             full[i] = g
 
         loss_finite = tf.math.is_finite(losses[common.TOTAL_LOSS])
-        grads_finite = tf.reduce_all(
-            [tf.reduce_all(tf.math.is_finite(g)) for g in full
-             if g is not None])
-        should_apply = tf.logical_and(loss_finite, grads_finite)
+        grads_finite = _all_finite([g for g in full if g is not None])
+        should_apply = tf.logical_and(
+            tf.logical_and(loss_finite, grads_finite), state_finite)
         clipped, norm = self.model_optimizer.clip(full)
-        self._apply_if(should_apply, clipped)
+        applied = self._apply_guarded(should_apply, clipped)
         for variable, before in zip(self.state_variables, state_before):
-            variable.assign(tf.where(should_apply, variable, before))
-        self._update_state(should_apply, loss_finite, grads_finite)
+            variable.assign(tf.where(applied, variable, before))
+        self._update_state(applied, loss_finite, grads_finite)
 
         results = dict(losses)
         results["gradient_norm"] = norm
-        results["step_skipped"] = 1.0 - tf.cast(should_apply, tf.float32)
+        results["step_skipped"] = 1.0 - tf.cast(applied, tf.float32)
         if self.use_loss_scaling:
             results["loss_scale"] = tf.identity(self.loss_scale)
         return results
 
-    def _apply_if(self, should_apply, grads):
-        """Runs the optimizer update only when `should_apply` is true."""
-        def apply():
-            self.model_optimizer.apply(grads)
-            return tf.constant(True)
+    def _guarded_variables(self) -> List[tf.Variable]:
+        """What the update writes: the trainable weights and every variable
+        of the optimizer(s) (slots, Lookahead's slow weights, step
+        counters)."""
+        return _unique(_tf_variable(v) for v in (
+            list(self.variables) + list(self.model_optimizer.variables)))
+
+    def _apply_guarded(self, should_apply, grads) -> tf.Tensor:
+        """Runs the optimizer update when `should_apply`, and undoes it when
+        it leaves any variable non-finite (e.g. an infinite learning rate).
+
+        The values before the update are read first (TensorFlow copies a
+        buffer that is read and then updated in place, so this costs one
+        copy of the updated variables) and written back only on failure;
+        the check is one reduction per variable, all in the graph.
+
+        Returns:
+          A boolean scalar: the update was made and kept.
+        """
+        guarded = self._guarded_variables()
+
+        def apply_and_check(run_apply):
+            # Automatic control dependencies order each read before the
+            # update of the same variable (an explicit control_dependencies
+            # block would tie every update op to every read: a graph that
+            # grows with their product).
+            before = [tf.identity(v) for v in guarded]
+            run_apply()
+            finite = _all_finite(guarded)
+
+            def roll_back():
+                for variable, value in zip(guarded, before):
+                    variable.assign(value)
+                return tf.constant(False)
+
+            return tf.cond(finite, lambda: tf.constant(True), roll_back)
 
         def skip():
             return tf.constant(False)
 
         if tf.__internal__.distribute.strategy_supports_no_merge_call():
-            tf.cond(should_apply, apply, skip)
-            return
+            # Every replica updates (and if need be restores) its own copy.
+            return tf.cond(should_apply, lambda: apply_and_check(
+                lambda: self.model_optimizer.apply(grads)), skip)
 
         def cross_replica(distribution, should_apply, grads):
-            # Every replica computed the same flag from the summed values.
+            # Every replica computed the same flag from the summed values;
+            # reads here see the primary copy, assignments write all copies.
             flag = distribution.experimental_local_results(should_apply)[0]
+            return tf.cond(flag, lambda: apply_and_check(
+                lambda: distribution.extended.call_for_each_replica(
+                    self.model_optimizer.apply, args=(grads,))), skip)
 
-            def apply_all():
-                distribution.extended.call_for_each_replica(
-                    self.model_optimizer.apply, args=(grads,))
-                return tf.constant(True)
-
-            tf.cond(flag, apply_all, skip)
-
-        tf.distribute.get_replica_context().merge_call(
+        return tf.distribute.get_replica_context().merge_call(
             cross_replica, args=(should_apply, grads))
 
     def _update_state(self, should_apply, loss_finite, grads_finite):
         if self.use_loss_scaling:
             # A float16 overflow with a finite loss is the loss scale's
-            # business, not a bad step.
-            counts = tf.logical_not(loss_finite)
+            # business, not a bad step; any other skip (a non-finite loss, a
+            # rolled-back update, non-finite batch-norm statistics) counts.
+            counts = tf.logical_and(
+                tf.logical_not(should_apply),
+                tf.logical_not(tf.logical_and(
+                    loss_finite, tf.logical_not(grads_finite))))
         else:
             counts = tf.logical_not(should_apply)
         consecutive = tf.where(

@@ -245,3 +245,131 @@ def test_config_is_read_through_gfile():
         f.write(VALID)
     experiment = load_experiment(path, environ=ENV)
     assert experiment.experiment_name == "unit"
+
+
+def all_float_fields(descriptor, prefix=""):
+    """Dotted path of every float/double field of a message type, found by
+    walking the descriptors (the independent enumeration the validation's
+    generic walk must agree with)."""
+    from google.protobuf import descriptor as descriptor_lib
+    paths = []
+    for field in descriptor.fields:
+        path = f"{prefix}{field.name}"
+        if field.cpp_type == descriptor_lib.FieldDescriptor.CPPTYPE_MESSAGE:
+            paths += all_float_fields(field.message_type, path + ".")
+        elif field.cpp_type in (descriptor_lib.FieldDescriptor.CPPTYPE_FLOAT,
+                                descriptor_lib.FieldDescriptor.CPPTYPE_DOUBLE):
+            paths.append(path)
+    return paths
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_every_float_field_rejects_non_finite_values(tmp_path, value):
+    from max_deeplab_tf.protos import config_pb2
+    fields = all_float_fields(config_pb2.ExperimentOptions.DESCRIPTOR)
+    assert "trainer_options.solver_options.base_learning_rate" in fields
+    assert len(fields) > 20
+    path = write(tmp_path, VALID)
+    for field in fields:
+        problems = problems_of(path, [f"{field}: {value}"])
+        matching = [p for p in problems if f": {field}: " in p]
+        assert len(matching) == 1, (field, problems)
+        assert "not a finite number" in matching[0], matching
+        # Located at the override that set it.
+        assert matching[0].startswith("override 1"), matching
+
+
+def test_non_finite_value_in_the_file_names_its_line(tmp_path):
+    text = VALID.replace("base_learning_rate: 0.001",
+                         "base_learning_rate: inf")
+    problems = problems_of(write(tmp_path, text))
+    line = 1 + text.splitlines().index(
+        "  solver_options { base_learning_rate: inf }")
+    assert problems == [
+        f"{tmp_path}/experiment.textproto:{line}: trainer_options."
+        "solver_options.base_learning_rate: inf is not a finite number; "
+        "expected a finite value"]
+
+
+def test_a_mode_requires_variables_only_where_it_reads(tmp_path):
+    path = write(tmp_path, VALID)
+    # Export reads no data; evaluation no training data.
+    experiment = load_experiment(path, environ={}, mode="export")
+    assert list(experiment.train_dataset_options.file_pattern) == [
+        "${DATA_DIR}/train*.tfrecord"]
+    text = VALID.replace("${DATA_DIR}/train", "${TRAIN_DIR}/train").replace(
+        "${DATA_DIR}/val", "${VAL_DIR}/val")
+    path = write(tmp_path, text)
+    load_experiment(path, environ={"VAL_DIR": "/v"}, mode="eval")
+    load_experiment(path, environ={"VAL_DIR": "/v"}, mode="continuous_eval")
+    load_experiment(path, environ={"TRAIN_DIR": "/t"}, mode="train")
+    for mode, environ, missing in (
+            ("eval", {"TRAIN_DIR": "/t"}, "VAL_DIR"),
+            ("train", {"VAL_DIR": "/v"}, "TRAIN_DIR"),
+            ("train_and_eval", {"VAL_DIR": "/v"}, "TRAIN_DIR"),
+            (None, {"TRAIN_DIR": "/t"}, "VAL_DIR")):
+        with pytest.raises(ConfigError) as info:
+            load_experiment(path, environ=environ, mode=mode)
+        assert len(info.value.problems) == 1, info.value.problems
+        assert f"environment variable {missing} is not set" in (
+            info.value.problems[0])
+
+
+def test_variables_outside_quotes_fill_numeric_fields(tmp_path):
+    text = VALID.replace("auxiliary_semantic_head { output_channels: 134",
+                         "auxiliary_semantic_head { output_channels: "
+                         "${NUM_CLASSES}")
+    # A variable inside a comment or a string is not a numeric one.
+    text = text.replace('experiment_name: "unit"',
+                        '# output_channels: ${COMMENTED}\n'
+                        'experiment_name: "${NAME}x"')
+    path = write(tmp_path, text)
+    experiment = load_experiment(
+        path, environ=dict(ENV, NUM_CLASSES="134", NAME="n"))
+    assert (experiment.model_options.max_deeplab.auxiliary_semantic_head
+            .output_channels == 134)
+    assert experiment.experiment_name == "nx"
+    problems = problems_of(path, environ=dict(ENV, NAME="n"))
+    line = 1 + text.splitlines().index(
+        "    auxiliary_semantic_head { output_channels: ${NUM_CLASSES} "
+        "head_channels: 256 }")
+    assert problems == [f"{path}:{line}: environment variable NUM_CLASSES "
+                        "is not set (used as ${NUM_CLASSES})"]
+
+
+def test_own_data_template_takes_its_dataset_from_the_environment(tmp_path):
+    from max_deeplab_tf.data import dataset_info
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "configs",
+                        "own_data.textproto")
+    descriptor = dataset_info.DatasetDescriptor(
+        name="mine", num_classes=5, ignore_label=0, label_divisor=1000,
+        thing_class_ids=(1, 2), class_names=("void", "a", "b", "c", "d"))
+    descriptor_path = tmp_path / "dataset_descriptor.json"
+    descriptor_path.write_text(descriptor.to_json())
+    environ = {"DATASET": str(descriptor_path), "NUM_CLASSES": "5",
+               "TRAIN_SET": "/d/train-*", "VAL_SET": "/d/val-*"}
+    experiment = load_experiment(path, environ=environ)
+    assert experiment.train_dataset_options.dataset == str(descriptor_path)
+    assert experiment.eval_dataset_options.dataset == str(descriptor_path)
+    assert list(experiment.train_dataset_options.file_pattern) == [
+        "/d/train-*"]
+    assert (experiment.model_options.max_deeplab.auxiliary_semantic_head
+            .output_channels == 5)
+    assert not experiment.trainer_options.HasField("synthetic_data")
+    # Export needs only what builds the model.
+    load_experiment(path, environ={"DATASET": str(descriptor_path),
+                                   "NUM_CLASSES": "5"}, mode="export")
+    # A class count that disagrees with the descriptor is named.
+    problems = problems_of(path, environ=dict(environ, NUM_CLASSES="7"))
+    assert any("output_channels: 7 differs from the 5 classes" in p
+               for p in problems), problems
+
+
+def test_coco_configs_export_and_evaluate_without_data_variables():
+    root = os.path.join(os.path.dirname(__file__), "..", "..", "configs")
+    for name in ("max_deeplab_s.textproto", "max_deeplab_l.textproto"):
+        path = os.path.join(root, name)
+        load_experiment(path, environ={}, mode="export")
+        load_experiment(path, environ={"VAL_SET": "/v"}, mode="eval")
+        with pytest.raises(ConfigError, match="TRAIN_SET is not set"):
+            load_experiment(path, environ={"VAL_SET": "/v"}, mode="train")

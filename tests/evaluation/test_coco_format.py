@@ -94,3 +94,25 @@ def test_evaluator_hook_writes_files_the_command_reads(tmp_path):
     assert result["per_class"]["1"]["pq"] == pytest.approx(1.0)
     assert result["per_class"]["119"]["pq"] == pytest.approx(1 / 1.5)
     assert result["per_class"]["149"]["pq"] == pytest.approx(2 / 2.5)
+
+
+def test_image_ids_are_cocos_integers_for_digit_stems(tmp_path):
+    assert coco_format.image_id_of("000000000139") == 139
+    assert coco_format.image_id_of("000010000001") == 10000001
+    assert coco_format.image_id_of("frame_12") == "frame_12"
+    assert coco_format.image_id_of("١٢") == "١٢"  # non-ASCII digits: a name
+    # The evaluator's files: both sides carry the same (integer) id, so the
+    # command matches them, and COCO's own ground truth would match too.
+    hook = coco_format.save_predictions_fn(DESCRIPTOR)
+    hook(None, PANOPTIC[None], PANOPTIC[None], [b"val/000000000139.jpg"],
+         str(tmp_path))
+    root = f"{tmp_path}/coco"
+    for side in ("groundtruth", "predictions"):
+        data = json.load(open(f"{root}/{side}/panoptic.json"))
+        assert [a["image_id"] for a in data["annotations"]] == [139]
+        assert data["annotations"][0]["file_name"] == "000000000139.png"
+    result = panoptic_quality.evaluate(
+        f"{root}/groundtruth/panoptic.json", f"{root}/groundtruth/panoptic",
+        f"{root}/predictions/panoptic.json", f"{root}/predictions/panoptic",
+        workers=1)
+    assert result["All"]["pq"] == pytest.approx(1.0)

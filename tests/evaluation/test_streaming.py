@@ -58,3 +58,24 @@ def test_streaming_metric_sums_over_replicas():
         step(batch)
     assert metric.statistics()["tp"].numpy()[3] == 1
     assert metric.statistics()["fn"].numpy()[3] == 1
+
+
+def test_per_class_entries_carry_class_names():
+    named = dataset_info.DatasetDescriptor(
+        name="named", num_classes=5, ignore_label=0, label_divisor=100,
+        thing_class_ids=(1, 2),
+        class_names=("void", "person", "car", "sky", ""),
+        category_ids=(0, 11, 12, 30, 40))
+    metric = streaming.PanopticQuality(named)
+    metric.update_state(tf.constant([[[301, 101, 101, 401]]]),
+                        tf.constant([[[301, 101, 101, 201]]]))
+    per_class = metric.result()["per_class"]
+    # Keyed by category id, as the PQ command writes; every entry named.
+    assert per_class["11"]["name"] == "person"
+    assert per_class["11"]["isthing"] is True
+    assert per_class["30"]["name"] == "sky"
+    assert per_class["30"]["isthing"] is False
+    assert per_class["12"]["name"] == "car"
+    # A class without a name in the descriptor gets one by its id.
+    assert per_class["40"]["name"] == "class_4"
+    assert all("name" in entry for entry in per_class.values())

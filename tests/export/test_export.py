@@ -6,7 +6,6 @@ import os
 import subprocess
 import sys
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -88,11 +87,9 @@ COCO = dataset_info.get_dataset_descriptor("coco_panoptic")
 def exported(tmp_path_factory):
     config = tiny_model.config()
     model = tiny_model.build(config)
-    export_dir = str(tmp_path_factory.mktemp("export") / "saved")
-    # Something to replace: an older export.
-    os.makedirs(f"{export_dir}/variables")
-    open(f"{export_dir}/variables/stale.index", "w").close()
-    export.export_saved_model(model, config, export_dir)
+    export_root = str(tmp_path_factory.mktemp("export") / "saved")
+    export_dir = export.export_saved_model(model, config, export_root,
+                                           global_step=5)
     return model, config, export_dir
 
 
@@ -146,40 +143,29 @@ def test_reload_in_fresh_process_matches_in_process(exported, tmp_path):
         np.testing.assert_allclose(probs.sum(-1), 1.0, rtol=1e-5)
 
 
-def test_export_writes_descriptor_and_replaces_existing(exported):
+def test_export_writes_a_version_with_descriptor_and_no_temporary(exported):
     _, _, export_dir = exported
+    root = os.path.dirname(export_dir)
+    assert os.path.basename(export_dir) == "5"
     assert export.load_descriptor(export_dir) == COCO
+    assert export.load_descriptor(root) == COCO  # the root resolves
     assert tf.io.gfile.exists(f"{export_dir}/{export.CONFIG_FILE}")
-    # The older export was replaced, and no temporary is left behind.
-    assert not os.path.exists(f"{export_dir}/variables/stale.index")
+    info = json.load(open(f"{export_dir}/{export.INFO_FILE}"))
+    assert info["global_step"] == 5 and len(info["fingerprint"]) == 64
     assert tf.saved_model.contains_saved_model(export_dir)
-    parent = os.path.dirname(export_dir)
-    assert sorted(os.listdir(parent)) == ["saved"], "temporary left behind"
-
-
-class MiniModel(keras.Model):
-    """Smallest model with the output dictionary (2 slots, COCO classes)."""
-
-    def __init__(self):
-        super().__init__()
-        self.pool = keras.layers.AveragePooling2D(4, 4, padding="same")
-        self.masks = keras.layers.Conv2D(2, 1)
-        self.classes = keras.layers.Dense(2 * COCO.num_classes)
-
-    def call(self, images, training=False):
-        x = self.pool(images / 127.5 - 1.0)
-        logits = self.classes(keras.ops.mean(x, axis=[1, 2]))
-        return {common.PRED_PIXEL_SPACE_MASK_LOGITS_KEY: self.masks(x),
-                common.PRED_TRANSFORMER_CLASS_LOGITS_KEY: keras.ops.reshape(
-                    logits, [-1, 2, COCO.num_classes])}
+    assert os.listdir(root) == ["5"], "temporary left behind"
 
 
 def test_export_to_gfile_memory_path(exported):
     _, config, _ = exported
-    model = MiniModel()
-    model(np.zeros([1, 33, 33, 3], np.float32))
-    export_dir = "ram://export_test/saved"
-    export.export_saved_model(model, config, export_dir)
+    model = tiny_model.mini_model()
+    export_root = "ram://export_test/saved"
+    export_dir = export.export_saved_model(model, config, export_root,
+                                           global_step=3)
+    assert export_dir == f"{export_root}/3"
+    assert export.resolve_saved_model(export_root) == export_dir
+    assert not [n for n in tf.io.gfile.listdir(export_root)
+                if n.startswith(".tmp")], "temporary left behind"
     assert export.load_descriptor(export_dir) == COCO
     served = tf.saved_model.load(export_dir).signatures["serving_default"]
     images = np.random.RandomState(0).randint(0, 256, [1, 9, 14, 3])

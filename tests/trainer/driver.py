@@ -24,6 +24,9 @@ flags.DEFINE_string("model_dir", None, "Model directory.")
 flags.DEFINE_multi_string("config_override", [], "Overrides.")
 flags.DEFINE_integer("num_cpu_devices", 1, "Logical CPU devices.")
 flags.DEFINE_string("dump", None, "Write weights (.npz) and results (.json).")
+flags.DEFINE_integer("ballast_mb", 0,
+                     "Megabytes of unused model state (slow checkpoint "
+                     "writes).")
 flags.DEFINE_integer("num_train_examples", 32,
                      "Stand-in training examples (4 = one batch, so every "
                      "step sees the same data).")
@@ -46,7 +49,8 @@ def main(argv):
     captured = {}
 
     def factory():
-        captured["model"] = standins.StandinModel()
+        captured["model"] = standins.StandinModel(
+            ballast_mb=FLAGS.ballast_mb)
         return captured["model"]
 
     components = standins.components(examples, model_factory=factory)

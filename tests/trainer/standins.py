@@ -46,9 +46,15 @@ class StandinModel(keras.Model):
     """Two convolutions (the second in a list, as deeplab2-style models keep
     blocks) and a synchronised batch norm."""
 
-    def __init__(self, **kwargs):
+    def __init__(self, ballast_mb: int = 0, **kwargs):
         super().__init__(**kwargs)
         self.encoder = keras.layers.Conv2D(8, 1, name="encoder_conv")
+        if ballast_mb:
+            # Unused state that makes each checkpoint write take a while
+            # (tests kill a process in the middle of one).
+            self.ballast = self.add_weight(
+                shape=(ballast_mb * 2 ** 18,), initializer="ones",
+                trainable=False, name="ballast")
         self.norm = keras.layers.BatchNormalization(synchronized=True)
         self.heads = [keras.layers.Conv2D(NUM_CLASSES, 1, name="head")]
 
@@ -113,8 +119,9 @@ def eval_hooks(config, descriptor):
     return evaluator_lib.EvalHooks(post_process, pq_statistics, pq_result)
 
 
-def export(config, model, export_dir):
+def export(config, model, export_dir, global_step):
     del config
+    export_dir = f"{export_dir}/{global_step}"
 
     class Serving(tf.Module):
         def __init__(self, model):
@@ -131,6 +138,7 @@ def export(config, model, export_dir):
     module = Serving(model)
     tf.saved_model.save(module, export_dir,
                         signatures={"serving_default": module.serve})
+    return export_dir
 
 
 def components(examples_by_pattern, model_factory=StandinModel):

@@ -88,7 +88,7 @@ def test_train_and_eval_on_ram_then_resume_eval_and_export():
         f"{model_dir}/vis/{sorted(pngs)[-1]}", "rb").read())
     assert panel.shape == (standins.SIZE, 3 * standins.SIZE, 3)
     # The SavedModel was exported and serves.
-    export_dir = f"{model_dir}/export"
+    export_dir = f"{model_dir}/export/8"
     assert result["export_dir"] == export_dir
     served = tf.saved_model.load(export_dir).signatures["serving_default"](
         tf.zeros([1, standins.SIZE, standins.SIZE, 3], tf.uint8))
@@ -185,8 +185,8 @@ def test_export_and_continuous_eval_modes():
                              components=pieces)
     result = train_lib.run_experiment("export", standins.config(), model_dir,
                                       components=pieces)
-    assert result["export_dir"] == f"{model_dir}/export"
-    assert tf.io.gfile.exists(f"{model_dir}/export/saved_model.pb")
+    assert result["export_dir"] == f"{model_dir}/export/8"
+    assert tf.io.gfile.exists(f"{model_dir}/export/8/saved_model.pb")
     # Evaluates the latest checkpoint, then gives up waiting after 1 s.
     config = standins.config("evaluator_options { continuous_eval_timeout: 1 }")
     result = train_lib.run_experiment("continuous_eval", config, model_dir,
@@ -214,3 +214,160 @@ def test_global_batch_must_divide_over_replicas():
         train_lib.run_experiment("train", config, ram_dir(),
                                  components=standins.components(examples()),
                                  strategy=FakeStrategy())
+
+
+def checkpoint_values(model_dir):
+    """Every floating tensor of every checkpoint the index lists."""
+    state = tf.train.get_checkpoint_state(model_dir)
+    values = {}
+    for path in state.all_model_checkpoint_paths:
+        reader = tf.compat.v1.train.NewCheckpointReader(path)
+        for key in reader.get_variable_to_shape_map():
+            value = reader.get_tensor(key)
+            if isinstance(value, np.ndarray) and value.dtype.kind == "f":
+                values[(path, key)] = value
+    return values
+
+
+def test_infinite_learning_rate_is_rolled_back_and_checkpoints_stay_finite():
+    # Config validation refuses inf; here the config bypasses it to reach
+    # the step's guard: every update makes the weights non-finite.
+    model_dir = ram_dir()
+    config = standins.config(
+        "trainer_options { max_consecutive_nonfinite_steps: 6 "
+        "steps_per_loop: 2 save_checkpoints_steps: 2 "
+        "solver_options { base_learning_rate: inf } }")
+    captured = {}
+
+    def factory():
+        captured["model"] = standins.StandinModel()
+        return captured["model"]
+
+    with pytest.raises(train_lib.TrainingStopped) as error:
+        train_lib.run_experiment(
+            "train", config, model_dir,
+            components=standins.components(examples(),
+                                           model_factory=factory))
+    assert "6 consecutive steps" in str(error.value)
+    assert "Stopped at step 6" in str(error.value)
+    values = checkpoint_values(model_dir)
+    # ckpt-2 and ckpt-4 (the run stopped inside the third loop).
+    assert len({path for path, _ in values}) == 2
+    assert all(np.isfinite(v).all() for v in values.values())
+    # "The weights are those of the last good step": no step was good, so
+    # every checkpoint and the model hold the same (initial) weights.
+    model = captured["model"]
+    last = tf.compat.v1.train.NewCheckpointReader(f"{model_dir}/ckpt-4")
+    paths = checkpoints.checkpoint_variable_paths(last)
+    for key, variable in checkpoints.variable_keys(model).items():
+        np.testing.assert_array_equal(
+            variable.numpy(), last.get_tensor(paths[f"model/{key}"][0]),
+            err_msg=key)
+        assert np.isfinite(variable.numpy()).all(), key
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "radam"])
+def test_huge_learning_rate_keeps_checkpoints_finite(optimizer):
+    # 1e30 is finite: the first updates give huge weights, the next losses
+    # overflow; whatever the run does, no checkpoint holds NaN or inf.
+    model_dir = ram_dir()
+    config = standins.config(
+        "trainer_options { max_consecutive_nonfinite_steps: 100 "
+        "steps_per_loop: 2 save_checkpoints_steps: 2 "
+        f"solver_options {{ base_learning_rate: 1e30 optimizer: "
+        f"'{optimizer}' use_gradient_clipping: false }} }}")
+    result = train_lib.run_experiment(
+        "train", config, model_dir, components=standins.components(
+            examples()))
+    assert result["global_step"] == 8
+    values = checkpoint_values(model_dir)
+    assert values and all(np.isfinite(v).all() for v in values.values())
+    skipped = sum(h["skipped_nonfinite_steps"]
+                  for h in result["train_history"])
+    assert skipped > 0
+
+
+def test_logs_of_a_loop_without_an_applied_step_show_nan():
+    # Steps 5-8 see NaN images: the second loop applies no step, and its
+    # line must say nan, not 0.
+    config = standins.config(
+        "trainer_options { max_consecutive_nonfinite_steps: 100 "
+        "steps_per_loop: 4 }")
+    result = train_lib.run_experiment(
+        "train", config, ram_dir(),
+        components=standins.components(examples(poison_from=16)))
+    first, second = result["train_history"]
+    assert first["skipped_nonfinite_steps"] == 0
+    assert np.isfinite(first["losses/total_loss"])
+    assert second["skipped_nonfinite_steps"] == 4
+    assert np.isnan(second["losses/total_loss"])
+    assert np.isnan(second["losses/semantic_loss"])
+    assert not np.isfinite(second["gradient_norm"])
+
+
+def test_eval_and_export_restore_without_optimizer_warnings(caplog):
+    import gc
+    model_dir = ram_dir()
+    pieces = standins.components(examples())
+    train_lib.run_experiment("train", standins.config(), model_dir,
+                             components=pieces)
+    with caplog.at_level("WARNING"):
+        result = train_lib.run_experiment("eval", standins.config(),
+                                          model_dir, components=pieces)
+        gc.collect()
+    assert result["eval"]["step"] == 8
+    unresolved = [r.getMessage() for r in caplog.records
+                  if "could not be found" in r.getMessage()
+                  or "Unresolved object" in r.getMessage()]
+    assert not unresolved, unresolved[:3]
+
+
+def test_bad_inputs_are_user_errors_naming_the_field(tmp_path):
+    from max_deeplab_tf import cli
+    pieces = standins.components(examples())
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    with pytest.raises(cli.UserError, match=r"model_dir .*a_file/model"):
+        train_lib.run_experiment("train", standins.config(),
+                                 f"{blocker}/model", components=pieces)
+    with pytest.raises(cli.UserError, match="--mode=eval: .* no checkpoint"):
+        train_lib.run_experiment("eval", standins.config(), ram_dir(),
+                                 components=pieces)
+    with pytest.raises(cli.UserError, match="--mode 'serve'"):
+        train_lib.run_experiment("serve", standins.config(), ram_dir(),
+                                 components=pieces)
+
+
+def test_export_of_an_empty_model_dir_names_the_unset_initial_checkpoint():
+    from max_deeplab_tf import cli
+    config = standins.config(
+        "model_options { initial_checkpoint: '${INIT_CHECKPOINT}' }")
+    with pytest.raises(cli.UserError,
+                       match=r"initial_checkpoint: '\$\{INIT_CHECKPOINT\}'"):
+        train_lib.run_experiment("export", config, ram_dir(),
+                                 components=standins.components(examples()))
+
+
+def test_record_experiment_writes_ours_and_keeps_a_foreign_file(tmp_path):
+    from google.protobuf import text_format
+    from max_deeplab_tf.protos import config_pb2
+
+    config = config_pb2.ExperimentOptions(experiment_name="first")
+    path = train_lib.record_experiment(config, str(tmp_path))
+    assert path == f"{tmp_path}/experiment.textproto"
+    written = (tmp_path / "experiment.textproto").read_text()
+    assert written.startswith(train_lib.EXPERIMENT_HEADER)
+    assert text_format.Parse(written, config_pb2.ExperimentOptions()) == config
+    # A later run replaces the trainer's own record.
+    config.experiment_name = "second"
+    train_lib.record_experiment(config, str(tmp_path))
+    assert 'experiment_name: "second"' in (
+        tmp_path / "experiment.textproto").read_text()
+    # Never a file it did not write (the importer's, say).
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "experiment.textproto").write_text('experiment_name: "mine"\n')
+    assert train_lib.record_experiment(config, str(foreign)) is None
+    assert (foreign / "experiment.textproto").read_text() == (
+        'experiment_name: "mine"\n')
+    assert [p.name for p in foreign.iterdir()] == ["experiment.textproto"]

@@ -159,3 +159,78 @@ def test_ram_filesystem_round_trip():
     for a, b in zip(values(model.variables), values(target.variables)):
         np.testing.assert_array_equal(a, b)
     assert prefix.startswith("ram://")
+
+
+def test_stale_temporaries_of_a_killed_write_are_removed(tmp_path):
+    # What TensorFlow's saver leaves when killed between writing the
+    # shards and merging them: MODEL_DIR/ckpt-N_temp/part-*.
+    stale = tmp_path / "ckpt-5_temp"
+    stale.mkdir()
+    (stale / "part-00000-of-00001.data-00000-of-00001").write_bytes(b"x")
+    # Only that exact shape of name, only folders, only in MODEL_DIR.
+    keep = [tmp_path / "ckpt-5_temp_notes", tmp_path / "myckpt-5_temp",
+            tmp_path / "ckpt-x_temp", tmp_path / "eval" / "ckpt-3_temp"]
+    for path in keep:
+        path.mkdir(parents=True)
+    (tmp_path / "ckpt-6_temp").write_text("a user's file")
+    (tmp_path / "ckpt-5.index").write_bytes(b"")
+    removed = checkpoints.remove_stale_temporaries(str(tmp_path))
+    assert removed == [f"{tmp_path}/ckpt-5_temp"]
+    assert not stale.exists()
+    assert all(path.is_dir() for path in keep)
+    assert (tmp_path / "ckpt-6_temp").read_text() == "a user's file"
+    assert (tmp_path / "ckpt-5.index").exists()
+    assert checkpoints.remove_stale_temporaries(str(tmp_path / "none")) == []
+
+
+def test_manager_refuses_to_write_non_finite_values(tmp_path):
+    weights = tf.Variable([1.0, 2.0], name="weights")
+    counter = tf.Variable(0, dtype=tf.int64, name="counter")
+    step = tf.Variable(0, dtype=tf.int64)
+    manager = checkpoints.CheckpointManager(
+        tf.train.Checkpoint(w=weights, c=counter), str(tmp_path),
+        guarded_variables=[weights, counter], max_to_keep=5,
+        step_counter=step, checkpoint_interval=2)
+    assert manager.save(checkpoint_number=0).endswith("ckpt-0")
+    step.assign(1)
+    weights.assign([np.inf, 1.0])
+    # Within the interval: nothing to write, nothing checked.
+    assert manager.save(checkpoint_number=1) is None
+    step.assign(2)
+    with pytest.raises(checkpoints.NonFiniteCheckpointError,
+                       match=r"1 variable\(s\) hold NaN or infinity.*weights"):
+        manager.save(checkpoint_number=2)
+    weights.assign([np.nan, 1.0])
+    with pytest.raises(checkpoints.NonFiniteCheckpointError):
+        manager.save(checkpoint_number=2, check_interval=False)
+    assert sorted(p.name for p in tmp_path.iterdir()
+                  if p.name.endswith(".index")) == ["ckpt-0.index"]
+    weights.assign([3.0, 4.0])
+    assert manager.save(checkpoint_number=2).endswith("ckpt-2")
+
+
+def test_model_only_checkpoint_reads_a_training_checkpoint_quietly(
+        tmp_path, caplog):
+    import gc
+    weights = tf.Variable([1.0, 2.0])
+    slot = tf.Variable([5.0, 6.0])
+    tf.train.Checkpoint(model=tf.train.Checkpoint(w=weights),
+                        optimizer=tf.train.Checkpoint(m=slot)).write(
+                            str(tmp_path / "ckpt"))
+    fresh = tf.Variable([0.0, 0.0])
+    with caplog.at_level("WARNING"):
+        checkpoints.ModelOnlyCheckpoint(
+            model=tf.train.Checkpoint(w=fresh)).restore(
+                str(tmp_path / "ckpt"))
+        gc.collect()
+    np.testing.assert_array_equal(fresh.numpy(), [1.0, 2.0])
+    assert not [r for r in caplog.records if "could not be found"
+                in r.getMessage() or "Unresolved" in r.getMessage()]
+    # The plain Checkpoint warns about the same restore (the check above
+    # can fail).
+    with caplog.at_level("WARNING"):
+        tf.train.Checkpoint(model=tf.train.Checkpoint(w=fresh)).restore(
+            str(tmp_path / "ckpt"))
+        gc.collect()
+    assert [r for r in caplog.records if "could not be found"
+            in r.getMessage() or "Unresolved" in r.getMessage()]

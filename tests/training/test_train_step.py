@@ -18,13 +18,14 @@ from tests.trainer import standins
 
 
 def make_step(jit_compile=False, policy="float32", limit=3, lr=0.05,
-              optimizer="adam"):
+              optimizer="adam", lookahead=0):
     keras.utils.set_random_seed(1)
     model = standins.StandinModel()
     model(tf.zeros([1, standins.SIZE, standins.SIZE, 3]))
     solver = trainer_pb2.SolverOptions(
         optimizer=optimizer, base_learning_rate=lr,
-        training_number_of_steps=100)
+        training_number_of_steps=100, lookahead_sync_period=lookahead,
+        lookahead_slow_step_size=0.5)
     model_optimizer = optimizers.ModelOptimizer(
         solver, model.trainable_variables, gradients_aggregated=True)
     model_optimizer.build()
@@ -81,6 +82,60 @@ def test_nonfinite_step_is_skipped_and_state_kept():
     assert int(model_optimizer.iterations.numpy()) == iterations + 1
     assert any(np.abs(a - b).max() > 0 for a, b in zip(after,
                                                        snapshot(model)))
+
+
+def all_variables(model, model_optimizer, step):
+    """Name -> value of every variable a step can write."""
+    values = {f"model/{v.path}": v.numpy().copy() for v in model.variables}
+    values.update({f"optimizer/{i}/{v.path}": np.array(v.numpy())
+                   for i, v in enumerate(model_optimizer.variables)})
+    values.update({f"step/{k}": v.numpy().copy()
+                   for k, v in step.checkpoint_items().items()})
+    return values
+
+
+@pytest.mark.parametrize("optimizer,lookahead,jit", [
+    ("adam", 0, False), ("radam", 2, False), ("sgd", 0, True)])
+def test_update_leaving_a_nonfinite_variable_is_rolled_back(
+        optimizer, lookahead, jit):
+    # A finite loss and finite gradients, but an infinite learning rate:
+    # the update itself makes the weights (and the slow weights) infinite.
+    model, model_optimizer, step = make_step(
+        lr=float("inf"), optimizer=optimizer, lookahead=lookahead,
+        jit_compile=jit, limit=10)
+    assert len(model_optimizer.variables) > 2
+    run = tf.function(step.replica_step)
+    before = all_variables(model, model_optimizer, step)
+    for seed in range(3):
+        result = run(batch(seed))
+        assert np.isfinite(float(result[common.TOTAL_LOSS]))
+        assert float(result["step_skipped"]) == 1.0
+    after = all_variables(model, model_optimizer, step)
+    assert set(after) == set(before)
+    for name, value in after.items():
+        if name.startswith("step/"):
+            continue
+        np.testing.assert_array_equal(value, before[name], err_msg=name)
+        assert np.isfinite(value).all(), name
+    # Counted like a non-finite loss.
+    assert int(step.consecutive_nonfinite.numpy()) == 3
+    assert int(step.total_nonfinite.numpy()) == 3
+
+
+def test_rollback_spares_good_steps():
+    # The guard only undoes a bad update: at a sane learning rate the same
+    # step updates weights, slots and the step counter.
+    model, model_optimizer, step = make_step(optimizer="radam", lookahead=2)
+    run = tf.function(step.replica_step)
+    before = all_variables(model, model_optimizer, step)
+    result = run(batch(0))
+    assert float(result["step_skipped"]) == 0.0
+    after = all_variables(model, model_optimizer, step)
+    changed = [n for n in before
+               if not np.array_equal(before[n], after[n])]
+    assert any(n.startswith("model/") for n in changed)
+    assert any(n.startswith("optimizer/") for n in changed)
+    assert int(model_optimizer.iterations.numpy()) == 1
 
 
 def test_stops_after_limit_in_a_row():

@@ -47,3 +47,21 @@ def test_side_by_side_and_png_files(tmp_path):
     assert names == ["img1_step-7.png", "img2_step-7.png"]
     decoded = tf.io.decode_png((tmp_path / names[0]).read_bytes()).numpy()
     np.testing.assert_array_equal(decoded, panels[0])
+
+
+def test_eval_panels_fn_draws_readable_panels_with_a_legend():
+    from max_deeplab_tf.data import dataset_info
+    from max_deeplab_tf.inference import visualization as drawing
+
+    descriptor = dataset_info.get_dataset_descriptor("synthetic_panoptic")
+    images = np.zeros((1, 97, 97, 3))
+    gt = np.full((1, 97, 97), 4 * 256)  # sky
+    pred = np.full((1, 97, 97), 5 * 256)  # ground
+    panels = visualization.panels_fn(descriptor)(images, gt, pred)
+    np.testing.assert_array_equal(
+        panels, drawing.panels(images, gt, pred, descriptor))
+    assert panels.shape[1] >= 291 and panels.shape[2] > 3 * 291
+    legend = panels[0, :, 3 * 291:]
+    for name in ("sky", "ground"):
+        colour = descriptor.colormap[descriptor.class_names.index(name)]
+        assert np.all(legend == colour, axis=-1).any(), name
