@@ -25,7 +25,11 @@ This module imports neither TensorFlow nor anything heavy, so that light
 commands (the PQ command) stay light.
 """
 
+import contextlib
+import os
+import re
 import sys
+import tempfile
 import traceback
 from typing import Callable, Optional, Sequence
 
@@ -218,3 +222,45 @@ def reject_arguments(argv: Sequence[str]) -> None:
     if len(argv) > 1:
         raise UserError(f"unexpected argument(s) {list(argv[1:])}; every "
                         "input is a --flag (e.g. --output_dir=DIR)")
+
+
+# What TensorFlow's CUDA platform prints, at ERROR level (so past
+# TF_CPP_MIN_LOG_LEVEL=2), when it probes for GPUs on a host with CUDA
+# libraries but no usable GPU: expected on a CPU-only run.
+_CUDA_PROBE_ERROR = re.compile(r"failed call to cuInit")
+
+
+@contextlib.contextmanager
+def without_cuda_probe_error(enabled: bool = True):
+    """Runs the body (TensorFlow's import and device start) with file
+    descriptor 2 captured, then writes back every captured line but the CUDA
+    probe's expected error. TensorFlow's C++ logging writes to the
+    descriptor directly, below Python's sys.stderr."""
+    if not enabled:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            for line in capture.read().decode(errors="replace").splitlines(
+                    keepends=True):
+                if not _CUDA_PROBE_ERROR.search(line):
+                    sys.stderr.write(line)
+            sys.stderr.flush()
+
+
+def import_tensorflow_quietly():
+    """Imports TensorFlow and lists its devices (where the CUDA probe runs)
+    without the probe's expected error line; returns the module."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    with without_cuda_probe_error():
+        import tensorflow as tf  # pylint: disable=import-outside-toplevel
+        tf.config.list_physical_devices()
+    return tf

@@ -97,3 +97,22 @@ def test_progress_disabled_writes_nothing():
                       enabled=False) as progress:
         progress.update(3)
     assert stream.getvalue() == ""
+
+
+def test_tensorflow_import_drops_only_the_cuda_probe_error():
+    # The filter keeps every other line a captured body writes to fd 2.
+    script = textwrap.dedent("""
+        import os
+        from max_deeplab_tf import cli
+        with cli.without_cuda_probe_error():
+            os.write(2, b"E cuda_platform.cc:51] failed call to cuInit: x\\n")
+            os.write(2, b"W something else\\n")
+        tf = cli.import_tensorflow_quietly()
+        print(tf.__name__)
+    """)
+    result = subprocess.run([sys.executable, "-c", script],
+                            capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "tensorflow\n"
+    assert "cuInit" not in result.stderr
+    assert "W something else\n" in result.stderr

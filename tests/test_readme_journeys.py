@@ -7,7 +7,12 @@ documented overrides below, which are appended to a command, never by editing
 its text:
 
 * `python -m trainer.main ...`: `--config_override` flags that cut the
-  training steps (and the demo's synthetic dataset) to a few (TRAIN_SHRINK).
+  training steps to a few (TRAIN_SHRINK), the demo's synthetic dataset to a
+  dozen images (DEMO_SHRINK), and, for the own-data and COCO journeys, put
+  MaX-DeepLab-S's heads on the tiny backbone at the synthetic images' 97x97
+  (SMALL_MODEL; the COCO journey also reads the converter's descriptor of
+  its synthetic stand-in for COCO, COCO_SHRINK, and trains from scratch,
+  INIT_CHECKPOINT being empty).
 * `python -m max_deeplab_tf.data.synthetic ...`: fewer images (DATA_SHRINK).
 * The demo command's install prefix (`python3 -m venv .venv && .venv/bin/pip
   install -q -e . && `) is not run again: CI has just run that same install.
@@ -62,6 +67,13 @@ SMALL_MODEL = (
     "min_resize_value: 97 max_resize_value: 97 }",
     "evaluator_options { thing_area_limit: 4 stuff_area_limit: 16 }",
 )
+# Appended to the own-data journey's trainer commands as well: after a few
+# steps no mask slot is confident, so without these thresholds both PQ
+# computations would see no segment at all and agree trivially.
+OWN_DATA_THRESHOLDS = (
+    "evaluator_options { transformer_class_confidence_threshold: 0.0 "
+    "pixel_confidence_threshold: 0.0 }",
+)
 # The COCO journey runs on a synthetic set in COCO's layout, so with its own
 # 7 classes, from the converter's descriptor.
 COCO_SHRINK = SMALL_MODEL + (
@@ -79,7 +91,7 @@ DATA_SHRINK = ("--num_images=8", "--num_val_images=4")
 JOURNEYS = {
     "demo": ("demo", "predictor-quickstart"),
     "own-data": ("own-data-make", "own-data-convert", "own-data-train",
-                 "own-data-eval", "own-data-export", "own-data-predict",
+                 "own-data-export", "own-data-predict",
                  "own-data-pq", "predictor-api"),
     "config": ("config",),
     "layers": ("layers",),
@@ -110,7 +122,8 @@ def _shell_script(block: readme_blocks.Block) -> str:
     commands = readme_blocks.shell_commands(block.text)
     demo = block.name == "demo"
     extra = {"demo": DEMO_SHRINK, "coco": COCO_SHRINK}.get(
-        block.name, SMALL_MODEL if block.name.startswith("own-data") else ())
+        block.name, SMALL_MODEL + OWN_DATA_THRESHOLDS
+        if block.name.startswith("own-data") else ())
     if demo:
         assert commands[0].startswith(INSTALL_PREFIX), (
             f"{block.where}: the demo command no longer starts with the "
@@ -196,28 +209,52 @@ def test_layers_journey(tmp_path):
 def test_demo_journey(tmp_path):
     workdir = _workspace(tmp_path)
     _run_journey("demo", workdir)
-    metrics = json.loads(
-        (workdir / "demo_output/model/eval/metrics-latest.json").read_text())
-    assert 0.0 <= metrics["pq"] <= 1.0
-    assert (workdir / "overlay.png").is_file()
+    model_dir = workdir / "demo_output/model"
+    metrics = json.loads((model_dir / "eval/metrics-latest.json").read_text())
+    # The shrunk run: 6 steps, evaluated on its 4 val images, exported as
+    # version 6, its panels drawn.
+    assert (metrics["step"], metrics["num_images"]) == (6, 4)
+    assert (model_dir / "export/6/saved_model.pb").is_file()
+    assert len(list((model_dir / "vis").iterdir())) == 2
+    from PIL import Image
+    with Image.open(workdir / "overlay.png") as overlay:
+        # The 97x97 image, and a legend beside or below it.
+        assert overlay.mode == "RGB" and min(overlay.size) >= 97
+        assert overlay.size[0] * overlay.size[1] > 97 * 97
 
 
-def _pq(path):
+def _pq_tables(path):
+    """All / Things / Stuff and each class's pq, sq, rq (and tp, fp, fn)."""
     result = json.loads(path.read_text())
-    return result["all"]["pq"] if "all" in result else result["pq"]
+    tables = {group: result[group] for group in ("All", "Things", "Stuff")}
+    tables.update(result["per_class"])
+    return {group: {key: value for key, value in table.items()
+                    if key in ("pq", "sq", "rq", "tp", "fp", "fn", "n")}
+            for group, table in tables.items()}
 
 
 def test_own_data_journey(tmp_path):
-    """make data -> convert -> train -> eval -> export -> predict -> PQ.
+    """make data -> convert -> train and eval -> export -> predict -> PQ.
 
-    The PQ command on predict's output equals the trainer's own eval PQ on
-    the same checkpoint and images.
+    The PQ command on predict's output equals the trainer's own eval on the
+    same checkpoint and images: every PQ, SQ and RQ to 1e-6, and every
+    class's true positives, false positives and false negatives.
     """
     workdir = _workspace(tmp_path)
     _run_journey("own-data", workdir)
-    eval_pq = _pq(workdir / "models/my_model/eval/metrics-latest.json")
-    command_pq = _pq(workdir / "pq.json")
-    assert abs(eval_pq - command_pq) <= 1e-6, (eval_pq, command_pq)
+    predictions = json.loads(
+        (workdir / "predictions/panoptic.json").read_text())
+    assert sum(len(a["segments_info"])
+               for a in predictions["annotations"]) > 0, (
+        "predict found no segment: the comparison below would be vacuous")
+    trainer = _pq_tables(workdir / "models/my_model/eval/metrics-latest.json")
+    command = _pq_tables(workdir / "pq.json")
+    assert set(trainer) == set(command)
+    for group, table in trainer.items():
+        assert set(table) == set(command[group]), group
+        for key, value in table.items():
+            assert abs(value - command[group][key]) <= 1e-6, (
+                group, key, value, command[group][key])
 
 
 def test_coco_journey(tmp_path):

@@ -21,13 +21,10 @@ import os
 # TensorFlow's C++ logging reads this once, when TensorFlow is first
 # imported; nothing above imports it. Level 2 drops INFO and WARNING lines
 # (oneDNN, cpu_feature_guard, "Could not find cuda drivers"); see
-# _filtered_stderr for the ERROR line of a CPU-only host.
+# cli.without_cuda_probe_error for the ERROR line of a CPU-only host.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import contextlib  # noqa: E402
-import re  # noqa: E402
 import sys  # noqa: E402
-import tempfile  # noqa: E402
 
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
@@ -58,42 +55,11 @@ flags.DEFINE_integer(
     "testing distribution without accelerators).")
 cli.define_verbose_flag()
 
-# What TensorFlow's CUDA platform prints, at ERROR level, when it probes for
-# GPUs on a host with CUDA libraries but no usable GPU: expected on a
-# CPU-only run.
-_CUDA_PROBE_ERROR = re.compile(r"failed call to cuInit")
-
-
-@contextlib.contextmanager
-def _filtered_stderr(drop: re.Pattern, enabled: bool = True):
-    """Runs the body with file descriptor 2 captured, then writes back every
-    captured line that `drop` does not match (TensorFlow's C++ logging
-    writes to the descriptor directly, below Python's sys.stderr)."""
-    if not enabled:
-        yield
-        return
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as capture:
-        os.dup2(capture.fileno(), 2)
-        try:
-            yield
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            capture.seek(0)
-            for line in capture.read().decode(errors="replace").splitlines(
-                    keepends=True):
-                if not drop.search(line):
-                    sys.stderr.write(line)
-            sys.stderr.flush()
-
-
 def _start_tensorflow(num_cpu_devices: int, num_gpus: int) -> None:
     """Imports TensorFlow and starts its devices (the CPU split must come
     before anything else touches them); on a CPU-only run (num_gpus == 0)
     without the GPU probe's expected error line, every other line kept."""
-    with _filtered_stderr(_CUDA_PROBE_ERROR, enabled=num_gpus == 0):
+    with cli.without_cuda_probe_error(enabled=num_gpus == 0):
         import tensorflow as tf  # pylint: disable=import-outside-toplevel
         from trainer import distribution  # pylint: disable=import-outside-toplevel
         tf.config.list_physical_devices()

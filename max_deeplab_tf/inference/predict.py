@@ -22,8 +22,9 @@ panoptic.json, panoptic/*.png and overlay/*.png); anything else there is
 refused before any work, so a user's file is never overwritten. In an
 earlier output, the files of the images predicted again are replaced.
 
-Unreadable files are skipped with one line each naming them; the exit status
-is then 1 (0 when every image was written, 2 on a bad flag or input).
+Unreadable files are skipped with one line each naming them, the others
+written; the exit status is then 2, as for any bad flag or input (0 when
+every image was written).
 """
 
 import argparse
@@ -208,9 +209,11 @@ def run(saved_model: str, patterns: Sequence[str], output_dir: str,
     written = len(paths) - len(skipped)
     log(f"wrote {written} of {len(paths)} image(s) to {output_dir}")
     if skipped:
+        # The rest is written; the exit status still says that some input
+        # was bad, as every bad input does (cli.EXIT_USAGE).
         log(f"skipped {len(skipped)} unreadable file(s): "
             + ", ".join(skipped))
-        return 1
+        return cli.EXIT_USAGE
     return 0
 
 
@@ -257,6 +260,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         parser.error(f"--batch_size: expected >= 1, got {args.batch_size}")
+    cli.import_tensorflow_quietly()
 
     def log(message):
         print(message, flush=True)

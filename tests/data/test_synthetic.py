@@ -12,6 +12,7 @@ import pytest
 from max_deeplab_tf import cli
 from max_deeplab_tf.data import builtin_datasets
 from max_deeplab_tf.data import synthetic
+from tests.export import file_tree
 
 THINGS = {c[0] for c in builtin_datasets.SYNTHETIC_CATEGORIES if c[2]}
 STUFF = {c[0] for c in builtin_datasets.SYNTHETIC_CATEGORIES if not c[2]}
@@ -22,21 +23,11 @@ def _read_ids(path):
     return rgb[..., 0] + 256 * rgb[..., 1] + 65536 * rgb[..., 2]
 
 
-def _all_files(root):
-    out = {}
-    for folder, _, files in os.walk(root):
-        for name in files:
-            path = os.path.join(folder, name)
-            with open(path, "rb") as f:
-                out[os.path.relpath(path, root)] = f.read()
-    return out
-
-
 def test_deterministic_for_a_seed(tmp_path):
     synthetic.generate(str(tmp_path / "a"), 3, 2, 40, seed=5)
     synthetic.generate(str(tmp_path / "b"), 3, 2, 40, seed=5)
     synthetic.generate(str(tmp_path / "c"), 3, 2, 40, seed=6)
-    a, b, c = (_all_files(tmp_path / n) for n in "abc")
+    a, b, c = (file_tree.snapshot(tmp_path / n) for n in "abc")
     assert a == b
     assert len(a) == 3 + 3 + 2 + 2 + 2  # images, PNGs, 2 JSONs.
     assert a != c

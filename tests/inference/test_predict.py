@@ -172,12 +172,12 @@ def test_command_on_a_model_dir_and_progress_lines(tiny_export, image_dir,
     assert "Traceback" not in run.stderr
     assert not (tmp_path / "out").exists()
 
-    # On the export: plain progress lines (stderr is a pipe), exit 1 for
+    # On the export: plain progress lines (stderr is a pipe), exit 2 for
     # the unreadable file, named on one line.
     run = _command([f"--saved_model={model_dir}/export",
                     f"--images={image_dir}/*", "--batch_size=2",
                     f"--output_dir={tmp_path / 'out'}"])
-    assert run.returncode == 1, run.stderr[-3000:]
+    assert run.returncode == 2, run.stderr[-3000:]
     assert "predict: 5/5 images" in run.stderr
     assert f"skipped {image_dir}/broken.png: not a readable image" in (
         run.stdout)
