@@ -27,6 +27,9 @@ setuptools.setup(
         'pillow',
         # Progress bars of the converter, predict and the PQ command.
         'tqdm',
+        # The LiteRT interpreter: Predictor.from_tflite and the tests of the
+        # .tflite export (the conversion itself is TensorFlow's).
+        'ai-edge-litert',
     ],
     extras_require={
         'test': [

@@ -17,7 +17,10 @@ Beside the graph, VERSION/assets.extra/ holds dataset_descriptor.json
 (class names, colours, label divisor, category ids: what the Predictor and
 `predict` need to draw and write COCO files), experiment.textproto (the config
 it was exported with) and export_info.json (global step and a fingerprint of
-weights, serving config and classes).
+weights, serving config and classes); and, when
+export_options.tflite_variants asks for them, the LiteRT models
+model.tflite, model_float16.tflite, model_int8.tflite (see `tflite`; asking
+for them again for an existing version adds the missing ones).
 
 Nothing is ever removed or overwritten (see `versions`): EXPORT_DIR must be
 new, empty or an export root of ours; the version is written to a temporary
@@ -100,6 +103,10 @@ def export_saved_model(model, experiment_options, export_dir: str,
     from google.protobuf import text_format
 
     export_dir = export_dir.rstrip("/") or "/"
+    tflite_variants = list(experiment_options.export_options.tflite_variants)
+    if tflite_variants:
+        from max_deeplab_tf.export import tflite  # refuses unknown variants
+        tflite.check_variants(tflite_variants)
     check_export_root(export_dir)
     leftovers = versions_lib.stale_temporaries(export_dir)
     if leftovers:
@@ -120,6 +127,11 @@ def export_saved_model(model, experiment_options, export_dir: str,
         if _read_info(target) == info:
             logging.info("%s already holds this export (same weights, config "
                          "and classes); nothing written", target)
+            if tflite_variants:
+                # LiteRT models asked for now are added beside the
+                # SavedModel (existing files are kept as they are).
+                tflite.export_tflite(model, experiment_options, target,
+                                     descriptor=descriptor)
             return target
         raise cli.UserError(
             f"export_dir {export_dir}: version {int(global_step)} exists and "
@@ -137,6 +149,9 @@ def export_saved_model(model, experiment_options, export_dir: str,
                        (INFO_FILE, json.dumps(info, indent=1) + "\n")):
         with tf.io.gfile.GFile(f"{temporary}/{name}", "w") as f:
             f.write(text)
+    if tflite_variants:
+        tflite.export_tflite(model, experiment_options, temporary,
+                             descriptor=descriptor)
     _move_into_place(temporary, target)
     return target
 
@@ -154,6 +169,8 @@ def _serving_config_text(experiment_options) -> str:
     relevant.evaluator_options.CopyFrom(experiment_options.evaluator_options)
     relevant.export_options.CopyFrom(experiment_options.export_options)
     relevant.export_options.ClearField("export_dir")
+    # The LiteRT files are extras of a version, added to it on request.
+    relevant.export_options.ClearField("tflite_variants")
     relevant.eval_dataset_options.crop_size[:] = (
         experiment_options.eval_dataset_options.crop_size)
     return text_format.MessageToString(relevant)

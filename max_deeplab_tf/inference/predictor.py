@@ -10,10 +10,17 @@ image's size, `result.segments` (id, class name, is_thing, area, score) and
 A single image gives one Prediction; a batch ([batch, height, width, 3]
 array, or a list of images of any sizes) gives a list.
 
+Image files are decoded as the trainer's input pipeline decodes them
+(`read_image`), so a file gives the prediction the trainer's evaluation
+makes; arrays and PIL images are used as given.
+
 `Predictor.from_checkpoint(model_dir)` builds the model from the experiment
 config and restores the latest checkpoint instead (no export needed).
+`Predictor.from_tflite("model/export/1500/assets.extra/model.tflite")` (or
+`from_saved_model` given a .tflite path) runs a LiteRT model of the export
+(`max_deeplab_tf.export.tflite`) with the LiteRT interpreter.
 
-Both run what the exported `serving_default` signature runs (see
+All three run what the exported `serving_default` signature runs (see
 `max_deeplab_tf.export.serving`): resize to fit the crop size, the model,
 deeplab2's post-processing, and the maps resized back to the image.
 """
@@ -143,25 +150,33 @@ ImageInput = Union[np.ndarray, str, os.PathLike, "PIL.Image.Image"]
 def read_image(path: Union[str, os.PathLike]) -> np.ndarray:
     """An image file (local or any tf.io.gfile path) -> uint8 [h, w, 3].
 
-    The EXIF orientation is applied, grayscale is repeated over the channels
-    and alpha is dropped.
+    Decoded as the converter and the input pipeline decode it (JPEG and PNG
+    in RGB or grayscale by `data.tfrecord.decode_image`, other images through
+    Pillow's RGB conversion), so that a file predicted here is, pixel for
+    pixel, the image the trainer's evaluation sees. The EXIF orientation is
+    then applied, grayscale is repeated over the channels and alpha is
+    dropped.
 
     Raises:
       cli.UserError: naming the file when it cannot be read as an image.
     """
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    from PIL import Image, UnidentifiedImageError
 
     path = os.fspath(path)
     try:
         if "://" in path:
             import tensorflow as tf
             with tf.io.gfile.GFile(path, "rb") as f:
-                data = io.BytesIO(f.read())
+                data = f.read()
         else:
-            data = path
-        with Image.open(data) as image:
-            image = ImageOps.exif_transpose(image)
-            return np.asarray(image.convert("RGB"))
+            with open(path, "rb") as f:
+                data = f.read()
+        with Image.open(io.BytesIO(data)) as image:
+            orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
+            if image.format in ("JPEG", "PNG") and image.mode in ("RGB", "L"):
+                array = _decode_as_the_pipeline(data)
+            else:
+                array = np.asarray(image.convert("RGB"))
     except (UnidentifiedImageError, OSError, ValueError,
             Image.DecompressionBombError) as e:
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
@@ -170,14 +185,34 @@ def read_image(path: Union[str, os.PathLike]) -> np.ndarray:
         raise cli.UserError(f"{path}: not a readable image ({reason})"
                             ) from None
     except Exception as e:  # pylint: disable=broad-except
-        # gfile (remote paths) raises tf.errors.*, which must not surface as
-        # TensorFlow internals.
+        # gfile (remote paths) and the decoder raise tf.errors.*, which must
+        # not surface as TensorFlow internals.
         if type(e).__module__.startswith("tensorflow"):
             message = getattr(e, "message", str(e)).strip().splitlines()
             raise cli.UserError(
                 f"{path}: cannot read ({message[0] if message else e})"
             ) from None
         raise
+    if orientation in _EXIF_TRANSPOSE:
+        array = np.asarray(Image.fromarray(array).transpose(
+            getattr(Image.Transpose, _EXIF_TRANSPOSE[orientation])))
+    return array
+
+
+# EXIF orientation tag -> the transposition that shows the image upright
+# (as PIL.ImageOps.exif_transpose).
+_EXIF_ORIENTATION = 0x0112
+_EXIF_TRANSPOSE = {2: "FLIP_LEFT_RIGHT", 3: "ROTATE_180", 4: "FLIP_TOP_BOTTOM",
+                   5: "TRANSPOSE", 6: "ROTATE_270", 7: "TRANSVERSE",
+                   8: "ROTATE_90"}
+
+
+def _decode_as_the_pipeline(data: bytes) -> np.ndarray:
+    import tensorflow as tf
+
+    from max_deeplab_tf.data import tfrecord
+
+    return tfrecord.decode_image(tf.constant(data)).numpy()
 
 
 def as_rgb(image: ImageInput, what: str = "image") -> np.ndarray:
@@ -242,6 +277,8 @@ class Predictor:
 
         from max_deeplab_tf import export
 
+        if os.fspath(path).endswith(".tflite"):
+            return cls.from_tflite(path, dataset, batch_size)
         version = export.resolve_saved_model(path)
         descriptor = _descriptor(dataset, export.load_descriptor(version),
                                  version)
@@ -260,6 +297,71 @@ class Predictor:
 
         predict_fn.loaded = loaded  # keeps the variables alive
         return cls(predict_fn, descriptor, batch_size, source=version)
+
+    @classmethod
+    def from_tflite(cls, path: str, dataset: Optional[str] = None,
+                    batch_size: int = DEFAULT_BATCH_SIZE,
+                    num_threads: Optional[int] = None) -> "Predictor":
+        """A Predictor of a LiteRT (TFLite) model written by the export.
+
+        The model runs at its fixed size [1, crop_height, crop_width, 3]:
+        each image is resized to fit and padded, and the maps are cropped and
+        resized back, by the functions the SavedModel's signature runs
+        (`export.serving`), eagerly around the interpreter, one image at a
+        time. The post-processing is inside the .tflite file.
+
+        Args:
+          path: a .tflite file (any tf.io.gfile path), or an export root or
+            version folder (its assets.extra/model.tflite, the float32
+            model).
+          dataset: dataset name or descriptor JSON; default the
+            dataset_descriptor.json beside the file (the export writes both
+            into VERSION/assets.extra/).
+          batch_size: images per group of same-size images (the interpreter
+            still runs one at a time).
+          num_threads: interpreter threads; default os.cpu_count().
+
+        Raises:
+          cli.UserError: no such file, not a model of our export (one line),
+            or no class table.
+        """
+        import tensorflow as tf
+
+        from max_deeplab_tf import export
+        from max_deeplab_tf.data import dataset_info
+        from max_deeplab_tf.export import serving
+        from max_deeplab_tf.export import tflite
+
+        path = os.fspath(path).rstrip("/")
+        if not path.endswith(".tflite"):
+            path = tflite.tflite_path(export.resolve_saved_model(path))
+        if not tf.io.gfile.exists(path):
+            raise cli.UserError(
+                f"{path}: no such LiteRT (.tflite) model (the export writes "
+                "them with export_options.tflite_variants)")
+        stored = None
+        descriptor_path = f"{os.path.dirname(path) or '.'}/{_DESCRIPTOR_NAME}"
+        if not dataset and tf.io.gfile.exists(descriptor_path):
+            with tf.io.gfile.GFile(descriptor_path, "r") as f:
+                stored = dataset_info.DatasetDescriptor.from_json(
+                    f.read(), source=descriptor_path)
+        if not dataset and stored is None:
+            raise cli.UserError(
+                f"{path}: no {_DESCRIPTOR_NAME} beside it; name the dataset "
+                "(--dataset / dataset=) as a dataset name or descriptor JSON")
+        descriptor = _descriptor(dataset, stored, path)
+        runner, crop = _tflite_runner(path, num_threads)
+
+        def predict_fn(images):
+            output_size = tf.shape(images)[1:3]
+            padded, resized_size = serving.resize_and_pad(images, crop)
+            outputs = [runner(**{tflite.INPUT_NAME: padded[i:i + 1].numpy()})
+                       for i in range(padded.shape[0])]
+            return {key: serving.crop_and_resize_back(
+                tf.constant(np.concatenate([o[key] for o in outputs])),
+                resized_size, output_size) for key in tflite.MAP_KEYS}
+
+        return cls(predict_fn, descriptor, batch_size, source=path)
 
     @classmethod
     def from_checkpoint(cls, model_dir: str,
@@ -375,6 +477,54 @@ class Predictor:
         return (f"Predictor({self.source!r}, dataset "
                 f"{self.descriptor.name!r}, {self.descriptor.num_classes} "
                 "classes)")
+
+
+# The class table the export writes beside its .tflite files.
+_DESCRIPTOR_NAME = "dataset_descriptor.json"
+
+
+def _tflite_runner(path: str, num_threads: Optional[int]):
+    """(signature runner, [crop_height, crop_width]) of a .tflite file of
+    our export (input `images` [1, h, w, 3], outputs panoptic_pred, ...).
+
+    Raises:
+      cli.UserError: the file is no LiteRT model or not one of ours.
+    """
+    import tensorflow as tf
+
+    from max_deeplab_tf.export import tflite
+
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        raise cli.UserError(
+            f"{path}: running a .tflite model needs the LiteRT interpreter: "
+            "pip install ai-edge-litert") from None
+
+    with tf.io.gfile.GFile(path, "rb") as f:
+        content = f.read()
+    try:
+        interpreter = Interpreter(model_content=content,
+                                  num_threads=num_threads or os.cpu_count())
+        signatures = interpreter.get_signature_list()
+        runner = interpreter.get_signature_runner()
+    except (ValueError, RuntimeError) as e:
+        reason = str(e).strip().splitlines()
+        raise cli.UserError(
+            f"{path}: not a LiteRT model with one signature "
+            f"({reason[0] if reason else type(e).__name__})") from None
+    (signature,) = signatures.values()
+    inputs = runner.get_input_details()
+    shape = (list(inputs[tflite.INPUT_NAME]["shape"])
+             if tflite.INPUT_NAME in inputs else [])
+    missing = sorted(set(tflite.MAP_KEYS) - set(signature["outputs"]))
+    if len(shape) != 4 or shape[0] != 1 or shape[3] != 3 or missing:
+        raise cli.UserError(
+            f"{path}: not a model of this project's LiteRT export (expected "
+            f"input {tflite.INPUT_NAME!r} [1, height, width, 3] and outputs "
+            f"{', '.join(tflite.MAP_KEYS)}; got {signature})")
+    # The runner holds the interpreter.
+    return runner, [int(shape[1]), int(shape[2])]
 
 
 def _descriptor(dataset: Optional[str], stored, saved_model: str):

@@ -61,7 +61,18 @@ large, so the per-step cost-row gather is written so that XLA keeps it on
 one thread below 4096 gathered values a step (see
 `_shortest_augmenting_paths`). The set-up ops over the whole cost matrix
 may still be split; they run once per call.
+
+Eager calls (a DETR-style matcher calling it like scipy, once per batch)
+run a concrete function kept per input signature, which skips most of
+tf.function's per-call argument handling, and solve only the valid columns
+when valid_columns leaves enough of them out (the largest count per batch
+element, rounded up to a power of two, below the number of columns): a
+padded [8, 128, 181] problem with 5-60 real
+columns is solved as [8, 128, 64]. Inside a graph the whole padded problem
+is solved, as its sizes are static.
 """
+
+import functools
 
 import numpy as np
 import tensorflow as tf
@@ -102,7 +113,12 @@ def hungarian_matching(cost, valid_columns=None) -> tf.Tensor:
     static = cost.shape.as_list()
     if None not in static and 0 in static:
         return tf.zeros(static, tf.float32)
-    if None not in static:
+    if tf.executing_eagerly():
+        assignment, all_finite = _eager_solver(
+            tuple(static), cost.dtype, valid_columns is not None,
+            compute_dtype, _compact_width(valid_columns)
+        )(cost, *_present(valid_columns))
+    elif None not in static:
         assignment, all_finite = _solve_xla(cost, valid_columns,
                                             compute_dtype)
     else:
@@ -436,3 +452,61 @@ def _shortest_augmenting_paths(a, item_active, target_valid):
 
 _solve_xla = tf.function(_solve, jit_compile=True, autograph=False,
                          reduce_retracing=True)
+
+
+def _present(valid_columns):
+    return () if valid_columns is None else (valid_columns,)
+
+
+def _compact_width(valid_columns):
+    """How many columns an eager call needs to solve, or None for all.
+
+    Eagerly the valid columns can be counted before solving, so a padded
+    problem (DETR-style: 128 masks x 181 padded ground-truth columns, 5-60
+    of them real) is solved on its valid columns only, as scipy sees it.
+    The count is rounded up to a power of two so that varying counts share
+    a few compiled shapes.
+    """
+    if valid_columns is None:
+        return None
+    num_cols = int(valid_columns.shape[1])
+    most = int(np.max(np.sum(valid_columns.numpy(), axis=1), initial=0))
+    width = 1 << max(most - 1, 0).bit_length()
+    return width if width < num_cols else None
+
+
+@functools.lru_cache(maxsize=64)
+def _eager_solver(shape, dtype, has_valid_columns, compute_dtype,
+                  compact_width=None):
+    """The compiled solver for one eager input signature.
+
+    Called eagerly, a tf.function spends about 0.25 ms per call binding and
+    looking up its arguments (the Python `None` and dtype among them) before
+    any work: more than the whole solve of a loss-sized [8, 128, 10] problem
+    (benchmarks/matcher.py). The concrete function of tensor-only arguments,
+    kept here per shape, skips that lookup.
+
+    With compact_width, the valid columns (at most compact_width per batch
+    element) are gathered to the front of a [batch, rows, compact_width]
+    problem, solved, and the assignment is scattered back to their columns.
+    """
+    specs = [tf.TensorSpec(shape, dtype)]
+    if has_valid_columns:
+        specs.append(tf.TensorSpec([shape[0], shape[2]], tf.bool))
+
+    def solve(cost, valid_columns=None):
+        if compact_width is None:
+            return _solve(cost, valid_columns, compute_dtype)
+        # Valid columns first, in column order; stable, so the columns
+        # beyond the valid ones are invalid ones.
+        order = tf.argsort(tf.cast(tf.logical_not(valid_columns), tf.int32),
+                           axis=1, stable=True)[:, :compact_width]
+        assignment, all_finite = _solve(
+            tf.gather(cost, order, axis=2, batch_dims=1),
+            tf.gather(valid_columns, order, axis=1, batch_dims=1),
+            compute_dtype)
+        placement = tf.one_hot(order, shape[2], dtype=tf.float32)
+        return tf.einsum("brw,bwc->brc", assignment, placement), all_finite
+
+    return tf.function(solve, jit_compile=True, autograph=False
+                       ).get_concrete_function(*specs)

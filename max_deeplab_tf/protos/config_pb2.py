@@ -28,7 +28,7 @@ from max_deeplab_tf.protos import model_pb2 as protos_dot_model__pb2
 from max_deeplab_tf.protos import trainer_pb2 as protos_dot_trainer__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13protos/config.proto\x12\x0emax_deeplab_tf\x1a\x14protos/dataset.proto\x1a\x16protos/evaluator.proto\x1a\x12protos/model.proto\x1a\x14protos/trainer.proto\"a\n\rExportOptions\x12\x11\n\tcrop_size\x18\x01 \x03(\x05\x12\x12\n\nexport_dir\x18\x02 \x01(\t\x12)\n\x1binclude_class_probabilities\x18\x03 \x01(\x08:\x04true\"\x8b\x03\n\x11\x45xperimentOptions\x12\x17\n\x0f\x65xperiment_name\x18\x01 \x01(\t\x12\x33\n\rmodel_options\x18\x02 \x01(\x0b\x32\x1c.max_deeplab_tf.ModelOptions\x12\x37\n\x0ftrainer_options\x18\x03 \x01(\x0b\x32\x1e.max_deeplab_tf.TrainerOptions\x12=\n\x15train_dataset_options\x18\x04 \x01(\x0b\x32\x1e.max_deeplab_tf.DatasetOptions\x12;\n\x11\x65valuator_options\x18\x05 \x01(\x0b\x32 .max_deeplab_tf.EvaluatorOptions\x12<\n\x14\x65val_dataset_options\x18\x06 \x01(\x0b\x32\x1e.max_deeplab_tf.DatasetOptions\x12\x35\n\x0e\x65xport_options\x18\x07 \x01(\x0b\x32\x1d.max_deeplab_tf.ExportOptions')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13protos/config.proto\x12\x0emax_deeplab_tf\x1a\x14protos/dataset.proto\x1a\x16protos/evaluator.proto\x1a\x12protos/model.proto\x1a\x14protos/trainer.proto\"z\n\rExportOptions\x12\x11\n\tcrop_size\x18\x01 \x03(\x05\x12\x12\n\nexport_dir\x18\x02 \x01(\t\x12)\n\x1binclude_class_probabilities\x18\x03 \x01(\x08:\x04true\x12\x17\n\x0ftflite_variants\x18\x04 \x03(\t\"\x8b\x03\n\x11\x45xperimentOptions\x12\x17\n\x0f\x65xperiment_name\x18\x01 \x01(\t\x12\x33\n\rmodel_options\x18\x02 \x01(\x0b\x32\x1c.max_deeplab_tf.ModelOptions\x12\x37\n\x0ftrainer_options\x18\x03 \x01(\x0b\x32\x1e.max_deeplab_tf.TrainerOptions\x12=\n\x15train_dataset_options\x18\x04 \x01(\x0b\x32\x1e.max_deeplab_tf.DatasetOptions\x12;\n\x11\x65valuator_options\x18\x05 \x01(\x0b\x32 .max_deeplab_tf.EvaluatorOptions\x12<\n\x14\x65val_dataset_options\x18\x06 \x01(\x0b\x32\x1e.max_deeplab_tf.DatasetOptions\x12\x35\n\x0e\x65xport_options\x18\x07 \x01(\x0b\x32\x1d.max_deeplab_tf.ExportOptions')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,7 +36,7 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protos.config_pb2', _global
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_EXPORTOPTIONS']._serialized_start=127
-  _globals['_EXPORTOPTIONS']._serialized_end=224
-  _globals['_EXPERIMENTOPTIONS']._serialized_start=227
-  _globals['_EXPERIMENTOPTIONS']._serialized_end=622
+  _globals['_EXPORTOPTIONS']._serialized_end=249
+  _globals['_EXPERIMENTOPTIONS']._serialized_start=252
+  _globals['_EXPERIMENTOPTIONS']._serialized_end=647
 # @@protoc_insertion_point(module_scope)

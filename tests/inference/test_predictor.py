@@ -248,3 +248,77 @@ def test_prediction_repr_is_short():
     assert repr(result) == "Prediction(4x6, 2 segment(s): disc, sky)"
     assert [(s.class_name, s.area, s.is_thing) for s in result.segments] == [
         ("disc", 4, True), ("sky", 20, False)]
+
+
+def _pipeline_image(path):
+    """The image the trainer's evaluation sees: the file as the converter
+    stores it in a record, decoded by the input pipeline."""
+    from max_deeplab_tf.data import tfrecord
+
+    with open(path, "rb") as f:
+        data = f.read()
+    with Image.open(path) as image:
+        width, height = image.size
+    example = tfrecord.make_example(data, "jpeg", "a", height, width)
+    decoded = tfrecord.decode_example(
+        tf.constant(example.SerializeToString()), decode_label=False)
+    return decoded["image"].numpy()
+
+
+def test_read_image_decodes_a_jpeg_as_evaluation_does(tmp_path):
+    # Smooth gradients with texture, as photos: JPEG decoders disagree.
+    rows, cols = np.mgrid[0:61, 0:83]
+    rng = np.random.RandomState(0)
+    image = np.stack([rows * 4, cols * 3, (rows + cols) * 2], -1)
+    image = np.clip(image + rng.randint(0, 40, image.shape), 0, 255)
+    Image.fromarray(image.astype(np.uint8)).save(tmp_path / "a.jpg",
+                                                 quality=90)
+    expected = _pipeline_image(tmp_path / "a.jpg")
+    # Pillow decodes this file to other values: the check below has teeth.
+    with Image.open(tmp_path / "a.jpg") as pil_image:
+        assert (np.asarray(pil_image.convert("RGB")) != expected).any()
+    np.testing.assert_array_equal(
+        predictor_lib.read_image(tmp_path / "a.jpg"), expected)
+
+
+@pytest.mark.parametrize("orientation,quarter_turns", [
+    (1, 0), (3, 2), (6, -1), (8, 1)])
+def test_read_image_applies_the_exif_orientation(tmp_path, orientation,
+                                                 quarter_turns):
+    # EXIF orientation 6: the stored pixels are shown turned a quarter
+    # clockwise; 8: counter-clockwise; 3: half a turn.
+    stored = np.arange(3 * 5 * 3, dtype=np.uint8).reshape([3, 5, 3])
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(stored).save(tmp_path / "a.png", exif=exif)
+    np.testing.assert_array_equal(
+        predictor_lib.read_image(tmp_path / "a.png"),
+        np.rot90(stored, quarter_turns))
+
+
+def test_read_image_converts_palette_and_alpha_images(tmp_path):
+    rgba = np.zeros([4, 6, 4], np.uint8)
+    rgba[..., 0], rgba[..., 3] = 200, 7
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "rgba.png")
+    np.testing.assert_array_equal(
+        predictor_lib.read_image(tmp_path / "rgba.png"), rgba[..., :3])
+    Image.fromarray(rgba[..., :3]).convert(
+        "P", palette=Image.Palette.ADAPTIVE).save(tmp_path / "p.png")
+    np.testing.assert_array_equal(
+        predictor_lib.read_image(tmp_path / "p.png"), rgba[..., :3])
+
+
+def test_tflite_paths_without_a_model_get_one_line(tiny_export, tmp_path):
+    # Converted models are checked in tests/export/test_tflite.py; here the
+    # dispatch and the messages (no conversion needed).
+    _, _, root, version = tiny_export
+    missing = str(tmp_path / "model.tflite")
+    for call in (max_deeplab_tf.Predictor.from_saved_model,
+                 max_deeplab_tf.Predictor.from_tflite):
+        with pytest.raises(cli.UserError, match="no such LiteRT") as error:
+            call(missing)
+        assert "\n" not in str(error.value)
+    # An export without LiteRT models: the file it would have is named.
+    with pytest.raises(cli.UserError, match="tflite_variants") as error:
+        max_deeplab_tf.Predictor.from_tflite(root)
+    assert f"{version}/assets.extra/model.tflite" in str(error.value)

@@ -237,6 +237,24 @@ def test_small_problems_match_brute_force():
     assert solved == 240
 
 
+def test_padded_columns_are_solved_on_the_valid_ones_eagerly():
+    # DETR-style padding: 40 columns, at most 5 valid per element. Eagerly
+    # the valid columns are gathered into an 8-wide problem (the next power
+    # of two), solved, and scattered back to their columns.
+    rng = np.random.default_rng(11)
+    cost = np.concatenate([loss_like(rng, 30, 12, 40),
+                           rng.integers(0, 3, (30, 12, 40)) * 1.0])
+    valid = np.zeros((60, 40), bool)
+    for b in range(60):
+        valid[b, rng.permutation(40)[:rng.integers(0, 6)]] = True
+    valid[0, [0, 39]] = True  # the first and the last column
+    assert matching_module._compact_width(tf.constant(valid)) == 8
+    solved = check_assignments(run(cost, valid), cost, valid)
+    assert solved == 60
+    # Inside a graph the whole padded problem is solved: same totals.
+    check_assignments(run(cost, valid, mode="graph"), cost, valid)
+
+
 def test_float32_and_integer_inputs():
     rng = np.random.default_rng(3)
     cost32 = rng.uniform(-1, 0, size=(40, 9, 6)).astype(np.float32)

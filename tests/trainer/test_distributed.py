@@ -159,6 +159,11 @@ def test_sigkill_during_a_checkpoint_write_then_resume(tmp_path):
     sp.run(command + [f"--dump={resumed}"], resumed + ".log", timeout=240)
     _, result = sp.load_dump(resumed)
     assert result["global_step"] == steps
+    # Removed at start-up by the trainer, not merely reused by the saver when
+    # it writes the same step again.
+    with open(resumed + ".log") as f:
+        assert (f"Removed {len(stale)} unfinished checkpoint write(s)"
+                in f.read()), sp.tail(resumed + ".log")
     assert not list(model_dir.glob("ckpt-*_temp"))
     state = assert_checkpoints_sound(model_dir)
     assert state.model_checkpoint_path.endswith(f"ckpt-{steps}")
