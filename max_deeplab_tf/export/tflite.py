@@ -36,8 +36,6 @@ place; an existing file is never replaced (a version's models are made from
 the version's own weights, so an existing one is the same model).
 """
 
-import os
-import uuid
 from typing import Dict, List, Optional, Sequence
 
 import tensorflow as tf
@@ -179,20 +177,9 @@ def write_file(data: bytes, path: str) -> bool:
     Returns:
       False (nothing written) when `path` exists: it is never replaced.
     """
-    if tf.io.gfile.exists(path):
-        return False
-    folder, name = os.path.split(path)
-    tf.io.gfile.makedirs(folder or ".")
-    temporary = f"{folder}/.tmp-{uuid.uuid4().hex}-{name}"
-    with tf.io.gfile.GFile(temporary, "wb") as f:
-        f.write(data)
-    try:
-        tf.io.gfile.rename(temporary, path, overwrite=False)
-    except tf.errors.AlreadyExistsError:
-        # Another export wrote the same file meanwhile; ours is not needed.
-        tf.io.gfile.remove(temporary)
-        return False
-    return True
+    from max_deeplab_tf.training import files
+
+    return files.write_atomically(path, data, binary=True, overwrite=False)
 
 
 def export_tflite(model, experiment_options, version_dir: str,
