@@ -84,12 +84,15 @@ class _PaddedConvBNAct(base.ComposedLayer):
     def _convolution(self):
         raise NotImplementedError
 
+    def _convolve(self, x):
+        return self._convolution()(x)
+
     def call(self, inputs, training=None):
         x = inputs
         if self._padding is not None:
             begin, end = self._padding
             x = tf.pad(x, [[0, 0], [begin, end], [begin, end], [0, 0]])
-        x = self._convolution()(x)
+        x = self._convolve(x)
         if self.use_bn:
             x = self._batch_norm(x, training=training)
         return self._activation_fn(x)
@@ -156,6 +159,44 @@ class Conv2DSame(_PaddedConvBNAct):
 
     def _convolution(self):
         return self._conv
+
+    def _taps_in_reach(self, x):
+        """(rows, columns) of the kernel that can meet the input: all of
+        them, or only the centre one along a dimension where the dilation
+        is at least the input's (static) size, so that every other tap of
+        a 'same' convolution reads padding only."""
+        taps = []
+        for size in x.shape[1:3]:
+            if (self.strides == 1 and self.atrous_rate > 1
+                    and self.kernel_size > 1 and size is not None
+                    and self.atrous_rate >= size):
+                taps.append(1)
+            else:
+                taps.append(self.kernel_size)
+        return tuple(taps)
+
+    def _convolve(self, x):
+        # An atrous convolution whose rate reaches past the whole feature
+        # map (the ASPP's rates 12 and 18 on the 9x9 stride-16 map of a
+        # 129x129 crop) multiplies all but its centre taps by padding: the
+        # same values (and the same zero gradients for those taps) come
+        # from the centre taps alone, for a ninth of the work.
+        taps = self._taps_in_reach(x)
+        if taps == (self.kernel_size, self.kernel_size):
+            return self._conv(x)
+        if not self._conv.built:
+            self._conv.build(x.shape)
+        centre = self.kernel_size // 2
+        kernel = self._conv.kernel
+        rows = slice(centre, centre + 1) if taps[0] == 1 else slice(None)
+        columns = slice(centre, centre + 1) if taps[1] == 1 else slice(None)
+        kernel = tf.cast(kernel[rows, columns], x.dtype)
+        dilations = [1 if t == 1 else self.atrous_rate for t in taps]
+        y = tf.nn.convolution(x, kernel, padding="SAME",
+                              dilations=dilations)
+        if self.use_bias:
+            y = tf.nn.bias_add(y, tf.cast(self._conv.bias, x.dtype))
+        return y
 
     def get_config(self):
         config = super().get_config()

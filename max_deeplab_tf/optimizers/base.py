@@ -83,14 +83,60 @@ class OptimizerHooksMixin:
         return config
 
 
-@keras.saving.register_keras_serializable(package="max_deeplab_tf")
-class Adam(OptimizerHooksMixin, keras.optimizers.Adam):
-    """keras.optimizers.Adam with the trainer hooks (deeplab2's default)."""
+def _handle(variable):
+    """The resource handle of a Keras 3 or tf.Variable (inside a
+    tf.distribute update call: of the copy being updated)."""
+    if isinstance(variable, keras.Variable):
+        variable = variable.value
+    return variable.handle
+
+
+class FusedAdamMixin:
+    """Adam's update as TensorFlow's fused ResourceApplyAdam kernel.
+
+    Keras 3 writes Adam's update as about a dozen element-wise ops per
+    variable, each a pass over memory and an op to trace; tf-keras (and so
+    deeplab2) uses the one fused kernel per variable. The kernel computes
+    the same formula in the same order as keras.optimizers.Adam:
+    m += (g - m)(1 - beta_1); v += (g^2 - v)(1 - beta_2);
+    w -= m alpha / (sqrt(v) + epsilon) with
+    alpha = lr sqrt(1 - beta_2^t) / (1 - beta_1^t). AMSGrad and sparse
+    gradients keep Keras' own update.
+    """
+
+    def update_step(self, gradient, variable, learning_rate):
+        if self.amsgrad or isinstance(gradient, tf.IndexedSlices):
+            return super().update_step(gradient, variable, learning_rate)
+        dtype = variable.dtype
+        index = self._get_variable_index(variable)
+
+        def constants():
+            step = tf.cast(self.iterations + 1, dtype)
+            beta_1 = tf.cast(self.beta_1, dtype)
+            beta_2 = tf.cast(self.beta_2, dtype)
+            return (tf.pow(beta_1, step), tf.pow(beta_2, step), beta_1,
+                    beta_2, tf.cast(self.epsilon, dtype),
+                    tf.cast(learning_rate, dtype))
+
+        beta_1_power, beta_2_power, beta_1, beta_2, epsilon, lr = (
+            self.step_constants(variable, constants))
+        tf.raw_ops.ResourceApplyAdam(
+            var=_handle(variable), m=_handle(self._momentums[index]),
+            v=_handle(self._velocities[index]), beta1_power=beta_1_power,
+            beta2_power=beta_2_power, lr=lr, beta1=beta_1, beta2=beta_2,
+            epsilon=epsilon, grad=tf.cast(gradient, dtype))
 
 
 @keras.saving.register_keras_serializable(package="max_deeplab_tf")
-class AdamW(OptimizerHooksMixin, keras.optimizers.AdamW):
-    """keras.optimizers.AdamW (decoupled weight decay) with the trainer hooks."""
+class Adam(OptimizerHooksMixin, FusedAdamMixin, keras.optimizers.Adam):
+    """keras.optimizers.Adam with the trainer hooks and the fused update
+    (deeplab2's default)."""
+
+
+@keras.saving.register_keras_serializable(package="max_deeplab_tf")
+class AdamW(OptimizerHooksMixin, FusedAdamMixin, keras.optimizers.AdamW):
+    """keras.optimizers.AdamW (decoupled weight decay) with the trainer hooks
+    and the fused update."""
 
 
 @keras.saving.register_keras_serializable(package="max_deeplab_tf")

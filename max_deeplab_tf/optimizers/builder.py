@@ -162,10 +162,16 @@ class ModelOptimizer:
     @property
     def variables(self) -> List[object]:
         """Every variable the optimizer(s) own: slots, Lookahead's slow
-        weights, step counters (the train step's non-finite guard restores
-        them when an update goes wrong)."""
+        weights, step counters."""
         return [v for optimizer, _ in self._groups
                 for v in optimizer.variables]
+
+    def learning_rates_finite(self) -> tf.Tensor:
+        """A boolean scalar: every optimizer's current learning rate is
+        finite (the train step skips an update otherwise)."""
+        return tf.reduce_all(tf.stack([
+            tf.math.is_finite(tf.cast(optimizer.learning_rate, tf.float32))
+            for optimizer, _ in self._groups]))
 
     @property
     def learning_rate(self):

@@ -11,24 +11,32 @@ each replica:
 2. Gradients and loss terms are summed across replicas here (not in the
    optimizer), so every replica sees the gradient of the global batch: the
    non-finite check and global-norm clipping then agree on all replicas.
-3. Non-finite guard, before the update: if the total loss, a gradient or
-   a batch-norm statistic is not finite, the update is skipped (weights,
-   optimizer slots and optimizer step stay as they were, and the model's
-   non-trainable state that the forward pass updated, e.g. batch-norm
-   moving statistics, is put back).
+3. Non-finite guard, before the update: if the total loss, a gradient, a
+   batch-norm statistic or a learning rate is not finite, the update is
+   skipped (weights, optimizer slots and optimizer step stay as they were,
+   and the model's non-trainable state that the forward pass updated, e.g.
+   batch-norm moving statistics, is put back). The gradients are checked
+   through their global norm (computed for clipping anyway): the sum of
+   squares is finite only when every gradient is (an overflow of huge finite
+   gradients also skips, as it should).
 4. The update: clipping by global norm, then the optimizer(s).
-5. Non-finite guard, after the update: if the update left ANY variable it
-   wrote non-finite (weights, optimizer slots, Lookahead's slow weights;
-   e.g. an infinite or huge learning rate), it is rolled back: every
-   variable gets its value from before the step again. One reduction per
-   variable inside the step, no host synchronisation.
 
-A skipped or rolled-back step counts towards `consecutive_nonfinite`,
+With finite gradients and learning rates the optimizers' updates cannot
+produce a NaN, so no copy of the weights is kept for a roll-back (that copy
+of weights and Adam slots cost about 0.9 GB, half the first step's tracing
+and 8% of every step for MaX-DeepLab-S; benchmarks/README.md). What is left,
+an update that overflows finite values (e.g. a learning rate of 1e38), is
+caught by the next step (its loss is then non-finite, so it is skipped and
+counted) and by the checkpoint manager, which refuses to write a
+non-finite value (training.checkpoints.CheckpointManager): the last
+checkpoint stays the last good one.
+
+A skipped step counts towards `consecutive_nonfinite`,
 except an overflow of float16 gradients at a finite loss, which only halves
 the loss scale. When `consecutive_nonfinite` reaches the configured limit the
 step raises (or, where asserts cannot run, e.g. on TPU, the caller's
-host-side check does) with a message saying what happened. The weights are
-then those of the last good step, and so is every checkpoint written.
+host-side check does) with a message saying what happened; every
+checkpoint written holds the weights of a good step.
 
 With `jit_compile` the forward and backward pass (the bulk of the work) is
 compiled with XLA; the cross-replica sums and the update run outside it
@@ -36,7 +44,7 @@ because tf.distribute's cross-replica calls cannot run inside a nested
 compiled function. On a TPU the strategy compiles the whole step anyway.
 """
 
-from typing import Callable, Dict, Iterable, List, Sequence
+from typing import Callable, Dict, Sequence
 
 import keras
 import tensorflow as tf
@@ -47,20 +55,6 @@ NONFINITE_ERROR = "non-finite loss"
 # Dynamic loss scaling for float16, as Keras' LossScaleOptimizer.
 INITIAL_LOSS_SCALE = 2.0 ** 15
 LOSS_SCALE_GROWTH_STEPS = 2000
-
-
-def _tf_variable(variable):
-    """The tf.Variable behind a Keras 3 variable (or the variable itself)."""
-    return variable.value if isinstance(variable, keras.Variable) else variable
-
-
-def _unique(variables: Iterable[tf.Variable]) -> List[tf.Variable]:
-    seen, unique = set(), []
-    for variable in variables:
-        if id(variable) not in seen:
-            seen.add(id(variable))
-            unique.append(variable)
-    return unique
 
 
 def _all_finite(values: Sequence) -> tf.Tensor:
@@ -194,11 +188,12 @@ class TrainStep:
             full[i] = g
 
         loss_finite = tf.math.is_finite(losses[common.TOTAL_LOSS])
-        grads_finite = _all_finite([g for g in full if g is not None])
-        should_apply = tf.logical_and(
-            tf.logical_and(loss_finite, grads_finite), state_finite)
         clipped, norm = self.model_optimizer.clip(full)
-        applied = self._apply_guarded(should_apply, clipped)
+        grads_finite = tf.math.is_finite(norm)
+        should_apply = tf.reduce_all(tf.stack(
+            [loss_finite, grads_finite, state_finite,
+             self.model_optimizer.learning_rates_finite()]))
+        applied = self._apply_if(should_apply, clipped)
         for variable, before in zip(self.state_variables, state_before):
             variable.assign(tf.where(applied, variable, before))
         self._update_state(applied, loss_finite, grads_finite)
@@ -210,56 +205,27 @@ class TrainStep:
             results["loss_scale"] = tf.identity(self.loss_scale)
         return results
 
-    def _guarded_variables(self) -> List[tf.Variable]:
-        """What the update writes: the trainable weights and every variable
-        of the optimizer(s) (slots, Lookahead's slow weights, step
-        counters)."""
-        return _unique(_tf_variable(v) for v in (
-            list(self.variables) + list(self.model_optimizer.variables)))
-
-    def _apply_guarded(self, should_apply, grads) -> tf.Tensor:
-        """Runs the optimizer update when `should_apply`, and undoes it when
-        it leaves any variable non-finite (e.g. an infinite learning rate).
-
-        The values before the update are read first (TensorFlow copies a
-        buffer that is read and then updated in place, so this costs one
-        copy of the updated variables) and written back only on failure;
-        the check is one reduction per variable, all in the graph.
+    def _apply_if(self, should_apply, grads) -> tf.Tensor:
+        """Runs the optimizer update when `should_apply` (the same on every
+        replica: it is computed from cross-replica sums).
 
         Returns:
-          A boolean scalar: the update was made and kept.
+          `should_apply`, as a boolean scalar made after the update.
         """
-        guarded = self._guarded_variables()
-
-        def apply_and_check(run_apply):
-            # Automatic control dependencies order each read before the
-            # update of the same variable (an explicit control_dependencies
-            # block would tie every update op to every read: a graph that
-            # grows with their product).
-            before = [tf.identity(v) for v in guarded]
+        def apply(run_apply):
             run_apply()
-            finite = _all_finite(guarded)
-
-            def roll_back():
-                for variable, value in zip(guarded, before):
-                    variable.assign(value)
-                return tf.constant(False)
-
-            return tf.cond(finite, lambda: tf.constant(True), roll_back)
+            return tf.constant(True)
 
         def skip():
             return tf.constant(False)
 
         if tf.__internal__.distribute.strategy_supports_no_merge_call():
-            # Every replica updates (and if need be restores) its own copy.
-            return tf.cond(should_apply, lambda: apply_and_check(
+            return tf.cond(should_apply, lambda: apply(
                 lambda: self.model_optimizer.apply(grads)), skip)
 
         def cross_replica(distribution, should_apply, grads):
-            # Every replica computed the same flag from the summed values;
-            # reads here see the primary copy, assignments write all copies.
             flag = distribution.experimental_local_results(should_apply)[0]
-            return tf.cond(flag, lambda: apply_and_check(
+            return tf.cond(flag, lambda: apply(
                 lambda: distribution.extended.call_for_each_replica(
                     self.model_optimizer.apply, args=(grads,))), skip)
 
@@ -270,7 +236,8 @@ class TrainStep:
         if self.use_loss_scaling:
             # A float16 overflow with a finite loss is the loss scale's
             # business, not a bad step; any other skip (a non-finite loss, a
-            # rolled-back update, non-finite batch-norm statistics) counts.
+            # non-finite learning rate, non-finite batch-norm statistics)
+            # counts.
             counts = tf.logical_and(
                 tf.logical_not(should_apply),
                 tf.logical_not(tf.logical_and(
@@ -305,7 +272,7 @@ class TrainStep:
         return (
             f"Training stopped: {limit} consecutive steps had a "
             f"{NONFINITE_ERROR} or non-finite gradients, and their updates "
-            "were skipped. The weights are those of the last good step. "
+            "were skipped; the last checkpoint holds finite values. "
             "Lower the learning rate, enable gradient clipping "
             "(solver_options.use_gradient_clipping), check the input data "
             "for bad labels, or raise "

@@ -101,3 +101,49 @@ def test_stacked_conv_attribute_names_follow_deeplab2():
         convolutions.StackedConv2DSame(1, "dilated", 8, 3)
     x = np.ones((1, 5, 5, 3), np.float32)
     assert layer(x).shape == (1, 5, 5, 8)
+
+
+@pytest.mark.parametrize("height,width,rate,use_bias", [
+    (9, 9, 12, False),   # the ASPP at a 129x129 crop: rate past both sides
+    (9, 9, 9, True),     # rate equal to the size: still only padding
+    (5, 11, 6, True),    # past the height only: a 1x3 atrous convolution
+    (9, 9, 6, False),    # within reach: the full kernel
+])
+def test_atrous_conv_past_the_feature_map_matches_the_full_kernel(
+        height, width, rate, use_bias):
+    # Truth: the brute-force numpy convolution with the whole 3x3 kernel
+    # (its outer taps read zero padding), values and kernel gradients.
+    import tensorflow as tf
+    rng = np.random.RandomState(1)
+    x = rng.normal(size=(2, height, width, 3)).astype(np.float32)
+    layer = convolutions.Conv2DSame(4, 3, atrous_rate=rate,
+                                    use_bias=use_bias, name="c")
+    layer(x)
+    helpers.randomize_weights(layer)
+    kernel = layer._conv.kernel.numpy().astype(np.float64)
+    pad = rate
+    expected = helpers.conv2d_reference(x.astype(np.float64), kernel, 1,
+                                        rate, pad, pad)
+    if use_bias:
+        expected = expected + layer._conv.bias.numpy()
+    with tf.GradientTape() as tape:
+        out = layer(x)
+        loss = tf.reduce_sum(out * out)
+    np.testing.assert_allclose(out.numpy(), expected, rtol=1e-5, atol=1e-5)
+    grad = tape.gradient(loss, layer._conv.kernel).numpy()
+    # d loss / d kernel[i, j, c, o] = sum 2 out * x shifted by the tap.
+    padded = np.pad(x.astype(np.float64),
+                    [(0, 0), (pad, pad), (pad, pad), (0, 0)])
+    expected_grad = np.zeros_like(kernel)
+    for i in range(3):
+        for j in range(3):
+            patch = padded[:, i * rate:i * rate + height,
+                           j * rate:j * rate + width]
+            expected_grad[i, j] = np.einsum("bhwc,bhwo->co", patch,
+                                            2 * expected)
+    np.testing.assert_allclose(grad, expected_grad, rtol=1e-4, atol=1e-4)
+    # Which taps the layer computes with: only those that meet the input.
+    reach = layer._taps_in_reach(tf.constant(x))
+    assert reach == (1 if rate >= height else 3, 1 if rate >= width else 3)
+    if rate < height:
+        assert np.abs(expected_grad[0]).max() > 0

@@ -169,9 +169,10 @@ def test_sigkill_during_a_checkpoint_write_then_resume(tmp_path):
     assert state.model_checkpoint_path.endswith(f"ckpt-{steps}")
 
 
-def test_rollback_under_mirrored_strategy_two_cpus(tmp_path):
+def test_nonfinite_learning_rate_skips_under_mirrored_strategy_two_cpus(
+        tmp_path):
     # An infinite learning rate under MirroredStrategy (the merge-call path
-    # of the guard): every update is rolled back on both replicas.
+    # of the guard): every update is skipped on both replicas.
     model_dir = tmp_path / "model"
     out = str(tmp_path / "mirrored")
     sp.run(sp.driver_command(

@@ -96,10 +96,10 @@ def all_variables(model, model_optimizer, step):
 
 @pytest.mark.parametrize("optimizer,lookahead,jit", [
     ("adam", 0, False), ("radam", 2, False), ("sgd", 0, True)])
-def test_update_leaving_a_nonfinite_variable_is_rolled_back(
-        optimizer, lookahead, jit):
-    # A finite loss and finite gradients, but an infinite learning rate:
-    # the update itself makes the weights (and the slow weights) infinite.
+def test_nonfinite_learning_rate_skips_the_update(optimizer, lookahead, jit):
+    # A finite loss and finite gradients, but an infinite learning rate: the
+    # update would make the weights (and the slow weights) infinite, so it
+    # is not made; slots, slow weights and step counters stay as they were.
     model, model_optimizer, step = make_step(
         lr=float("inf"), optimizer=optimizer, lookahead=lookahead,
         jit_compile=jit, limit=10)
@@ -122,9 +122,9 @@ def test_update_leaving_a_nonfinite_variable_is_rolled_back(
     assert int(step.total_nonfinite.numpy()) == 3
 
 
-def test_rollback_spares_good_steps():
-    # The guard only undoes a bad update: at a sane learning rate the same
-    # step updates weights, slots and the step counter.
+def test_guard_spares_good_steps():
+    # At a sane learning rate the same step updates weights, slots and the
+    # step counter.
     model, model_optimizer, step = make_step(optimizer="radam", lookahead=2)
     run = tf.function(step.replica_step)
     before = all_variables(model, model_optimizer, step)
