@@ -46,6 +46,13 @@ def build_optimizer(solver_options, learning_rate_multiplier=1.0,
     weight_decay = float(solver_options.weight_decay) or None
     hooks = dict(gradients_aggregated=gradients_aggregated,
                  weight_decay_pattern=weight_decay_pattern)
+    if kind in ("adam", "adamw", "radam") and not (
+            solver_options.adam_epsilon > 0):
+        # With epsilon 0, a weight whose gradient has always been 0 gets
+        # 0 / 0 = NaN from Adam's update.
+        raise ValueError(
+            "solver_options.adam_epsilon must be positive, got "
+            f"{solver_options.adam_epsilon}")
     adam_args = dict(beta_1=solver_options.adam_beta_1,
                      beta_2=solver_options.adam_beta_2,
                      epsilon=solver_options.adam_epsilon)

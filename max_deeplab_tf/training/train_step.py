@@ -21,8 +21,9 @@ each replica:
    gradients also skips, as it should).
 4. The update: clipping by global norm, then the optimizer(s).
 
-With finite gradients and learning rates the optimizers' updates cannot
-produce a NaN, so no copy of the weights is kept for a roll-back (that copy
+With finite gradients and learning rates (and a positive Adam epsilon,
+which the optimizer builder requires) an update can only go non-finite by
+overflowing, so no copy of the weights is kept for a roll-back (that copy
 of weights and Adam slots cost about 0.9 GB, half the first step's tracing
 and 8% of every step for MaX-DeepLab-S; benchmarks/README.md). What is left,
 an update that overflows finite values (e.g. a learning rate of 1e38), is

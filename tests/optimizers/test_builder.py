@@ -35,6 +35,13 @@ def test_unknown_optimizer_names_the_field():
         optimizers.build_optimizer(solver(optimizer="adagrad"))
 
 
+@pytest.mark.parametrize("kind", ["adam", "adamw", "radam"])
+def test_adam_epsilon_must_be_positive(kind):
+    with pytest.raises(ValueError, match="solver_options.adam_epsilon must "
+                       "be positive, got 0.0"):
+        optimizers.build_optimizer(solver(optimizer=kind, adam_epsilon=0.0))
+
+
 def test_adam_hyper_parameters_come_from_the_config():
     optimizer = optimizers.build_optimizer(
         solver(adam_beta_1=0.8, adam_beta_2=0.99, adam_epsilon=1e-6))

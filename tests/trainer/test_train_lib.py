@@ -194,12 +194,16 @@ def test_export_and_continuous_eval_modes():
     assert result["eval"]["step"] == 8
 
 
-def test_use_xla_compiles_the_step_on_one_device():
+def test_use_xla_compiles_the_step_on_one_device(caplog):
     config = standins.config("trainer_options { use_xla: true }")
-    result = train_lib.run_experiment(
-        "train", config, ram_dir(),
-        components=standins.components(examples()))
+    with caplog.at_level("WARNING"):
+        result = train_lib.run_experiment(
+            "train", config, ram_dir(),
+            components=standins.components(examples()))
     assert result["jit_compile"] is True
+    # On a machine without a GPU the user is told that XLA costs time here.
+    if not tf.config.list_logical_devices("GPU"):
+        assert "compiling the step for the CPU" in caplog.text
     assert result["global_step"] == 8
     assert np.isfinite(result["train"]["losses/total_loss"])
 
@@ -254,7 +258,7 @@ def test_infinite_learning_rate_is_rolled_back_and_checkpoints_stay_finite():
     # ckpt-2 and ckpt-4 (the run stopped inside the third loop).
     assert len({path for path, _ in values}) == 2
     assert all(np.isfinite(v).all() for v in values.values())
-    # "The weights are those of the last good step": no step was good, so
+    # Every update was skipped before it was made (no step was good), so
     # every checkpoint and the model hold the same (initial) weights.
     model = captured["model"]
     last = tf.compat.v1.train.NewCheckpointReader(f"{model_dir}/ckpt-4")
