@@ -101,6 +101,21 @@ def timed_calls(fn, arg, steps):
     return first, times
 
 
+def timed_forward(forward, full, image, steps):
+    """The forward641 figures of one side: the model alone (`forward`) and
+    with post-processing (`full`), each timed by `timed_calls`."""
+    first, times = timed_calls(forward, image, steps)
+    first_post, times_post = timed_calls(full, image, steps)
+    return {
+        "crop": int(image.shape[1]), "batch_size": int(image.shape[0]),
+        "forward_first_s": first, "forward_times_s": times,
+        "forward_s": statistics.median(times),
+        "forward_post_first_s": first_post,
+        "forward_post_times_s": times_post,
+        "forward_post_s": statistics.median(times_post),
+    }
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--deeplab2_path", required=True)
@@ -233,16 +248,7 @@ def main():
                 "pixel_space_mask_logits", "transformer_class_logits")}
 
         result["build_s"] = time.perf_counter() - start
-        first, times = timed_calls(forward, image, args.steps)
-        first_post, times_post = timed_calls(full, image, args.steps)
-        result.update({
-            "crop": int(image.shape[1]), "batch_size": int(image.shape[0]),
-            "forward_first_s": first, "forward_times_s": times,
-            "forward_s": statistics.median(times),
-            "forward_post_first_s": first_post,
-            "forward_post_times_s": times_post,
-            "forward_post_s": statistics.median(times_post),
-        })
+        result.update(timed_forward(forward, full, image, args.steps))
     result["peak_rss_mib"] = (
         resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     result["process_s"] = time.perf_counter() - PROCESS_START

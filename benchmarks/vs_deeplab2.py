@@ -198,15 +198,8 @@ def child(args):
                                             common.PRED_SEMANTIC_KEY)}
 
         result["build_s"] = time.perf_counter() - start
-        first, times = _timed_calls(forward, image, args.steps)
-        first_post, times_post = _timed_calls(full, image, args.steps)
-        result.update({
-            "crop": int(image.shape[1]), "batch_size": int(image.shape[0]),
-            "forward_first_s": first, "forward_times_s": times,
-            "forward_s": statistics.median(times),
-            "forward_post_first_s": first_post,
-            "forward_post_times_s": times_post,
-            "forward_post_s": statistics.median(times_post)})
+        from deeplab2_worker import timed_forward  # nothing of deeplab2
+        result.update(timed_forward(forward, full, image, args.steps))
     result["peak_rss_mib"] = (
         resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     result["process_s"] = time.perf_counter() - PROCESS_START
