@@ -101,6 +101,15 @@ def timed_calls(fn, arg, steps):
     return first, times
 
 
+def print_result(result, process_start):
+    """Adds the process's peak RSS and run time to `result` and prints it as
+    the one `RESULT {json}` line the driver reads (both sides' children)."""
+    result["peak_rss_mib"] = (
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    result["process_s"] = time.perf_counter() - process_start
+    print("RESULT " + json.dumps(result), flush=True)
+
+
 def timed_forward(forward, full, image, steps):
     """The forward641 figures of one side: the model alone (`forward`) and
     with post-processing (`full`), each timed by `timed_calls`."""
@@ -249,10 +258,7 @@ def main():
 
         result["build_s"] = time.perf_counter() - start
         result.update(timed_forward(forward, full, image, args.steps))
-    result["peak_rss_mib"] = (
-        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-    result["process_s"] = time.perf_counter() - PROCESS_START
-    print("RESULT " + json.dumps(result), flush=True)
+    print_result(result, PROCESS_START)
 
 
 if __name__ == "__main__":

@@ -200,10 +200,8 @@ def child(args):
         result["build_s"] = time.perf_counter() - start
         from deeplab2_worker import timed_forward  # nothing of deeplab2
         result.update(timed_forward(forward, full, image, args.steps))
-    result["peak_rss_mib"] = (
-        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-    result["process_s"] = time.perf_counter() - PROCESS_START
-    print("RESULT " + json.dumps(result), flush=True)
+    from deeplab2_worker import print_result  # nothing of deeplab2
+    print_result(result, PROCESS_START)
 
 
 # --------------------------------------------------------------------------
