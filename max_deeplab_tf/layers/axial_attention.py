@@ -141,6 +141,24 @@ class AxialAttention(base.ComposedLayer):
             initializer=keras.initializers.TruncatedNormal(
                 stddev=channels ** -0.5))
 
+    def _project_qkv(self, inputs, length):
+        """deeplab2's einsum('nlc,cd->nld'), written as one matmul.
+
+        Args:
+          inputs: A [batch, length, channels] tensor.
+          length: The static length.
+
+        Returns:
+          A [batch, length, 2 * total_key_depth + total_value_depth] tensor.
+        """
+        # One [batch * length, channels] x [channels, depth] product: oneDNN
+        # ran the einsum as `batch` products of `length` rows, 1.6 times
+        # slower at the 41x41 maps of a 641 input (its backward too).
+        channels = inputs.shape[-1]
+        projected = tf.matmul(tf.reshape(inputs, [-1, channels]),
+                              self.qkv_kernel)
+        return tf.reshape(projected, [-1, length, self.qkv_kernel.shape[-1]])
+
     def call(self, inputs, training=None):
         length = inputs.shape[1]
         if length is None:
@@ -148,7 +166,7 @@ class AxialAttention(base.ComposedLayer):
                 f"{self.name}: the attention axis must have a static length; "
                 f"got input shape {inputs.shape}")
         heads = self.num_heads
-        qkv = tf.einsum("nlc,cd->nld", inputs, self.qkv_kernel)
+        qkv = self._project_qkv(inputs, length)
         qkv = self._batch_norm_qkv(qkv, training=training)
         query, key, value = tf.split(
             qkv, [self.total_key_depth, self.total_key_depth,

@@ -83,6 +83,7 @@ def test_half_precision_is_normalized_in_float32():
 
 def test_batch_norm_factory_uses_keras_sync_batch_norm_for_one_axis():
     layer = normalization.batch_norm(axis=3, name="bn")
+    assert isinstance(layer, normalization.BatchNormalization)
     assert isinstance(layer, keras.layers.BatchNormalization)
     assert layer.synchronized
     assert layer.momentum == pytest.approx(0.99)
@@ -164,3 +165,84 @@ def test_training_statistics_are_synchronized_across_replicas():
     result = subprocess.run([sys.executable, "-c", script], env=env,
                             capture_output=True, text=True, timeout=300)
     assert "SYNC-OK" in result.stdout, result.stdout + result.stderr
+
+
+def _single_axis_layer(center=True, scale=True, dtype=None):
+    layer = normalization.BatchNormalization(
+        epsilon=1e-3, center=center, scale=scale, dtype=dtype)
+    layer.build((2, 5, 6, 7))
+    rng = np.random.RandomState(11)
+    for variable in layer.weights:
+        shift = 1.0 if "variance" in variable.path else 0.0
+        variable.assign(rng.uniform(0.2, 2.0, variable.shape) + shift
+                        if "variance" in variable.path
+                        else rng.normal(0.0, 2.0, variable.shape))
+    return layer
+
+
+def _numpy_inference(layer, x):
+    """(x - moving_mean) / sqrt(moving_variance + eps) * gamma + beta, in
+    float64."""
+    x = x.astype(np.float64)
+    mean = layer.moving_mean.numpy().astype(np.float64)
+    variance = layer.moving_variance.numpy().astype(np.float64)
+    out = (x - mean) / np.sqrt(variance + layer.epsilon)
+    if layer.scale:
+        out = out * layer.gamma.numpy()
+    if layer.center:
+        out = out + layer.beta.numpy()
+    return out
+
+
+@pytest.mark.parametrize("center,scale", [(True, True), (False, True),
+                                          (True, False)])
+def test_single_axis_inference_matches_numpy(center, scale):
+    layer = _single_axis_layer(center, scale)
+    x = np.random.RandomState(5).normal(3.0, 4.0, (2, 5, 6, 7)).astype(
+        "float32")
+    reference = _numpy_inference(layer, x)
+    np.testing.assert_allclose(layer(x, training=False).numpy(), reference,
+                               rtol=1e-5, atol=1e-5)
+    # The same in a tf.function, where it is one FusedBatchNormV3 op.
+    traced = tf.function(lambda t: layer(t, training=False))
+    np.testing.assert_allclose(traced(x).numpy(), reference, rtol=1e-5,
+                               atol=1e-5)
+    op_types = {op.type for op in traced.get_concrete_function(
+        tf.TensorSpec(x.shape, tf.float32)).graph.get_operations()}
+    assert "FusedBatchNormV3" in op_types
+
+
+def test_single_axis_inference_in_mixed_precision_matches_numpy():
+    layer = _single_axis_layer(dtype="mixed_float16")
+    x = np.random.RandomState(6).normal(1.0, 2.0, (2, 5, 6, 7)).astype(
+        "float16")
+    out = layer(x, training=False)
+    assert out.dtype == tf.float16
+    np.testing.assert_allclose(out.numpy().astype(np.float64),
+                               _numpy_inference(layer, x), rtol=2e-3,
+                               atol=2e-2)
+
+
+def test_single_axis_training_and_other_ranks_keep_keras_batch_norm():
+    # Training normalises with the batch's statistics and updates the moving
+    # ones (Keras's path); a 3-D input takes Keras's inference path.
+    layer = _single_axis_layer()
+    x = np.random.RandomState(7).normal(3.0, 4.0, (2, 5, 6, 7)).astype(
+        "float32")
+    moving_mean = layer.moving_mean.numpy().copy()
+    out = layer(x, training=True).numpy()
+    batch_mean = x.reshape(-1, 7).mean(0)
+    batch_variance = x.reshape(-1, 7).var(0)
+    expected = ((x - batch_mean) / np.sqrt(batch_variance + 1e-3)
+                * layer.gamma.numpy() + layer.beta.numpy())
+    np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(layer.moving_mean.numpy(),
+                               0.99 * moving_mean + 0.01 * batch_mean,
+                               rtol=1e-5, atol=1e-5)
+    flat = normalization.BatchNormalization(epsilon=1e-3)
+    flat.build((2, 6, 7))
+    flat.set_weights(layer.get_weights())
+    x3 = x[:, 0]
+    np.testing.assert_allclose(flat(x3, training=False).numpy(),
+                               _numpy_inference(flat, x3), rtol=1e-5,
+                               atol=1e-5)
