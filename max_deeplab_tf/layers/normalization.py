@@ -10,7 +10,7 @@ provides the multi-axis case with the same four variables and shapes.
 
 `batch_norm(...)` is the factory every layer of this package uses:
 `BatchNormalization` (Keras's, synchronized=True by default as deeplab2's
-SyncBatchNormalization, with a fused inference op) for one axis,
+SyncBatchNormalization, computed by one fused op) for one axis,
 MultiAxisBatchNormalization otherwise.
 Its options travel as a plain dict, `batch_norm_config`, so that every layer
 stays serialisable.
@@ -232,32 +232,77 @@ class MultiAxisBatchNormalization(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package="max_deeplab_tf")
 class BatchNormalization(keras.layers.BatchNormalization):
-    """keras.layers.BatchNormalization, with a fused inference op.
+    """keras.layers.BatchNormalization computed by one fused op.
 
-    Inference on a 4-D [batch, height, width, channels] input runs as one
-    FusedBatchNormV3 (is_training=False) instead of Keras's element-wise
-    multiply and add: TensorFlow's graph optimiser (grappler's remapper) then
-    folds it, and a following ReLU, into the convolution before it (oneDNN's
-    fused convolution on CPU), so the activation is written once instead of
-    three times. Same formula, same variables; training, masks, renorm and
-    other ranks take Keras's own path.
+    On a channels-last input, inference and (unless the statistics must be
+    synchronised across several replicas) training run as one
+    FusedBatchNormV3, with FusedBatchNormGradV3 as its gradient, instead of
+    Keras's dozen element-wise ops and reductions, which the graph had to
+    trace, optimise, run and keep for the backward pass one by one. In
+    inference TensorFlow's graph optimiser (grappler's remapper) also folds
+    it, and a following ReLU, into the convolution before it (oneDNN's fused
+    convolution on CPU). Same formula, same variables and moving-average
+    update as Keras's layer; synchronised training across replicas, masks
+    and renorm take Keras's own path.
     """
 
     def call(self, inputs, training=None, mask=None):
-        if ((training and self.trainable) or mask is not None or self.renorm
-                or len(inputs.shape) != 4 or self.axis not in (-1, 3)):
+        rank = len(inputs.shape)
+        if (mask is not None or self.renorm or rank < 2
+                or self.axis not in (-1, rank - 1)):
             return super().call(inputs, training=training, mask=mask)
+        training = bool(training and self.trainable)
+        replica_context = tf.distribute.get_replica_context()
+        if (training and self.synchronized and replica_context is not None
+                and replica_context.num_replicas_in_sync > 1):
+            return super().call(inputs, training=training, mask=mask)
+        return self._fused_call(inputs, training)
+
+    def _fused_call(self, inputs, training):
+        """Normalises with FusedBatchNormV3.
+
+        Args:
+          inputs: A [..., channels] tensor of rank >= 2.
+          training: Normalise with the batch's statistics and update the
+            moving ones (True), or with the moving ones (False).
+
+        Returns:
+          The normalised tensor, in the layer's compute dtype.
+        """
         # As Keras: float16/bfloat16 inputs are normalised in float32.
         x = tf.cast(inputs, "float32")
-        mean = tf.cast(self.moving_mean, "float32")
-        variance = tf.cast(self.moving_variance, "float32")
+        channels = x.shape[-1]
+        if len(x.shape) != 4:
+            # The op wants [batch, height, width, channels]; any other
+            # channels-last shape is the same reduction as [-1, 1, 1, C].
+            x = tf.reshape(x, [-1, 1, 1, channels])
+        moving_mean = tf.cast(self.moving_mean, "float32")
+        moving_variance = tf.cast(self.moving_variance, "float32")
         scale = (tf.cast(self.gamma, "float32") if self.scale
-                 else tf.ones_like(mean))
+                 else tf.ones_like(moving_mean))
         offset = (tf.cast(self.beta, "float32") if self.center
-                  else tf.zeros_like(mean))
-        outputs, _, _ = tf.compat.v1.nn.fused_batch_norm(
-            x, scale, offset, mean=mean, variance=variance,
-            epsilon=self.epsilon, data_format="NHWC", is_training=False)
+                  else tf.zeros_like(moving_mean))
+        if training:
+            outputs, mean, unbiased_variance = (
+                tf.compat.v1.nn.fused_batch_norm(
+                    x, scale, offset, epsilon=self.epsilon,
+                    data_format="NHWC", is_training=True))
+            # The op normalises with the biased variance but returns the
+            # unbiased one; Keras's moving average takes the biased one.
+            count = tf.cast(tf.size(x) // channels, "float32")
+            variance = unbiased_variance * tf.math.divide_no_nan(
+                count - 1.0, count)
+            self.moving_mean.assign(
+                moving_mean * self.momentum + mean * (1.0 - self.momentum))
+            self.moving_variance.assign(
+                moving_variance * self.momentum
+                + variance * (1.0 - self.momentum))
+        else:
+            outputs, _, _ = tf.compat.v1.nn.fused_batch_norm(
+                x, scale, offset, mean=moving_mean, variance=moving_variance,
+                epsilon=self.epsilon, data_format="NHWC", is_training=False)
+        if len(inputs.shape) != 4:
+            outputs = tf.reshape(outputs, tf.shape(inputs))
         return tf.cast(outputs, self.compute_dtype)
 
 
@@ -276,7 +321,7 @@ def batch_norm(axis: Union[int, Sequence[int]] = -1, name: Optional[str] = None,
         (see `default_batch_norm_config`).
 
     Returns:
-      BatchNormalization (Keras's, with a fused inference op) for a single
+      BatchNormalization (Keras's, computed by one fused op) for a single
       axis, synchronised across replicas unless batch_norm_config says
       otherwise; else a MultiAxisBatchNormalization.
     """

@@ -159,6 +159,24 @@ def test_training_statistics_are_synchronized_across_replicas():
         np.testing.assert_allclose(layer.moving_variance.numpy(),
                                    var.reshape(1, 3, 1, 5), rtol=1e-4,
                                    atol=1e-5)
+        # Single-axis batch norm, synchronised: the global batch's
+        # statistics over (batch, height, width); unsynchronised: each
+        # replica's own half (the fused op).
+        for synchronized in (True, False):
+            with strategy.scope():
+                single = normalization.BatchNormalization(
+                    momentum=0.0, epsilon=1e-3, synchronized=synchronized)
+                single.build((None, 3, 4, 5))
+            outputs = strategy.run(lambda t: single(t, training=True),
+                                   args=(batch,))
+            out = np.concatenate([v.numpy() for v in
+                                  strategy.experimental_local_results(
+                                      outputs)])
+            parts = [x] if synchronized else [x[:2], x[2:]]
+            expected = np.concatenate([
+                (p - p.mean(axis=(0, 1, 2))) / np.sqrt(
+                    p.var(axis=(0, 1, 2)) + 1e-3) for p in parts])
+            np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
         print("SYNC-OK")
     """)
     env = dict(os.environ, PYTHONPATH=REPO_ROOT, TF_CPP_MIN_LOG_LEVEL="2")
@@ -223,26 +241,71 @@ def test_single_axis_inference_in_mixed_precision_matches_numpy():
                                atol=2e-2)
 
 
-def test_single_axis_training_and_other_ranks_keep_keras_batch_norm():
-    # Training normalises with the batch's statistics and updates the moving
-    # ones (Keras's path); a 3-D input takes Keras's inference path.
-    layer = _single_axis_layer()
-    x = np.random.RandomState(7).normal(3.0, 4.0, (2, 5, 6, 7)).astype(
-        "float32")
-    moving_mean = layer.moving_mean.numpy().copy()
-    out = layer(x, training=True).numpy()
-    batch_mean = x.reshape(-1, 7).mean(0)
-    batch_variance = x.reshape(-1, 7).var(0)
-    expected = ((x - batch_mean) / np.sqrt(batch_variance + 1e-3)
-                * layer.gamma.numpy() + layer.beta.numpy())
-    np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(layer.moving_mean.numpy(),
-                               0.99 * moving_mean + 0.01 * batch_mean,
+def _numpy_training(layer, x):
+    """Normalised x and the moving statistics after one training step, from
+    the batch's mean and biased variance, in float64."""
+    axes = tuple(range(x.ndim - 1))
+    x = x.astype(np.float64)
+    mean, variance = x.mean(axis=axes), x.var(axis=axes)
+    out = ((x - mean) / np.sqrt(variance + layer.epsilon) * layer.gamma.numpy()
+           + layer.beta.numpy())
+    momentum = layer.momentum
+    return (out,
+            momentum * layer.moving_mean.numpy() + (1 - momentum) * mean,
+            momentum * layer.moving_variance.numpy()
+            + (1 - momentum) * variance)
+
+
+@pytest.mark.parametrize("shape", [(2, 5, 6, 7), (3, 8, 7), (40, 7)])
+def test_single_axis_training_matches_numpy(shape):
+    # 4-D inputs go to the fused op directly, other ranks through a reshape.
+    layer = normalization.BatchNormalization(epsilon=1e-3, momentum=0.9)
+    layer.build(shape)
+    helpers.randomize_weights(layer)
+    x = np.random.RandomState(7).normal(3.0, 4.0, shape).astype("float32")
+    out, moving_mean, moving_variance = _numpy_training(layer, x)
+    traced = tf.function(lambda t: layer(t, training=True))
+    np.testing.assert_allclose(traced(x).numpy(), out, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(layer.moving_mean.numpy(), moving_mean,
                                rtol=1e-5, atol=1e-5)
-    flat = normalization.BatchNormalization(epsilon=1e-3)
-    flat.build((2, 6, 7))
-    flat.set_weights(layer.get_weights())
-    x3 = x[:, 0]
-    np.testing.assert_allclose(flat(x3, training=False).numpy(),
-                               _numpy_inference(flat, x3), rtol=1e-5,
+    np.testing.assert_allclose(layer.moving_variance.numpy(),
+                               moving_variance, rtol=1e-5, atol=1e-5)
+    op_types = {op.type for op in traced.get_concrete_function(
+        tf.TensorSpec(shape, tf.float32)).graph.get_operations()}
+    assert "FusedBatchNormV3" in op_types
+    # Inference on the same shape uses the moving statistics.
+    np.testing.assert_allclose(layer(x, training=False).numpy(),
+                               _numpy_inference(layer, x), rtol=1e-5,
                                atol=1e-5)
+
+
+def test_single_axis_training_gradients_match_the_formula():
+    # Gradients of the fused op (FusedBatchNormGradV3) against automatic
+    # differentiation of the written-out formula in float64.
+    layer = normalization.BatchNormalization(epsilon=1e-3)
+    shape = (2, 4, 5, 6)
+    layer.build(shape)
+    helpers.randomize_weights(layer)
+    rng = np.random.RandomState(8)
+    x = rng.normal(1.0, 3.0, shape).astype("float32")
+    upstream = rng.normal(size=shape).astype("float32")
+    gamma = tf.constant(layer.gamma.numpy(), tf.float64)
+    beta = tf.constant(layer.beta.numpy(), tf.float64)
+
+    def formula(x, gamma, beta):
+        mean, variance = tf.nn.moments(x, axes=[0, 1, 2])
+        return (x - mean) * tf.math.rsqrt(variance + 1e-3) * gamma + beta
+
+    x64 = tf.constant(x, tf.float64)
+    with tf.GradientTape() as tape:
+        tape.watch([x64, gamma, beta])
+        reference = tf.reduce_sum(formula(x64, gamma, beta) * upstream)
+    expected = tape.gradient(reference, [x64, gamma, beta])
+    x32 = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(x32)
+        loss = tf.reduce_sum(layer(x32, training=True) * upstream)
+    actual = tape.gradient(loss, [x32, layer.gamma, layer.beta])
+    for a, e in zip(actual, expected):
+        np.testing.assert_allclose(a.numpy(), e.numpy(), rtol=1e-4,
+                                   atol=1e-4)
