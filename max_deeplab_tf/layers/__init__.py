@@ -4,7 +4,8 @@ Every layer is registered as serialisable (package "max_deeplab_tf") and has
 get_config. Layer and variable attribute names follow google-research/
 deeplab2 so that its checkpoints map onto ours name by name.
 
-  MultiAxisBatchNormalization, batch_norm   (normalization)
+  BatchNormalization, MultiAxisBatchNormalization,
+  batch_norm                                (normalization)
   DropPath, get_drop_path_keep_prob         (drop_path)
   Conv2DSame, DepthwiseConv2DSame, SeparableConv2DSame, StackedConv2DSame,
   Conv1DBN                                  (convolutions)
@@ -45,6 +46,7 @@ from max_deeplab_tf.layers.drop_path import DropPath
 from max_deeplab_tf.layers.drop_path import get_drop_path_keep_prob
 from max_deeplab_tf.layers.dual_path_transformer import AttentionOperation
 from max_deeplab_tf.layers.dual_path_transformer import DualPathTransformerLayer
+from max_deeplab_tf.layers.normalization import BatchNormalization
 from max_deeplab_tf.layers.normalization import MultiAxisBatchNormalization
 from max_deeplab_tf.layers.normalization import batch_norm
 from max_deeplab_tf.layers.positional_encodings import RelativePositionalEncoding
@@ -53,7 +55,7 @@ from max_deeplab_tf.layers.stems import InceptionStem
 
 __all__ = [
     "AttentionOperation", "AxialAttention", "AxialAttention2D", "AxialBlock",
-    "BlockGroup", "Conv1DBN", "Conv2DSame", "DepthwiseConv2DSame",
+    "BatchNormalization", "BlockGroup", "Conv1DBN", "Conv2DSame", "DepthwiseConv2DSame",
     "DropPath", "DualPathTransformerLayer", "InceptionStem",
     "MultiAxisBatchNormalization", "RelativePositionalEncoding",
     "ResizedFuse", "SeparableConv2DSame", "StackedConv2DSame", "batch_norm",
