@@ -76,6 +76,7 @@ def child(args):
     import tensorflow as tf
     import max_deeplab_tf
     from max_deeplab_tf import losses
+    from max_deeplab_tf import model as model_lib
     from max_deeplab_tf import optimizers
     from max_deeplab_tf.data import dataset_info
     from max_deeplab_tf.training import train_step as train_step_lib
@@ -93,7 +94,7 @@ def child(args):
         config.train_dataset_options.dataset)
     strategy = tf.distribute.get_strategy()
     model = max_deeplab_tf.build_model(config)
-    model(tf.zeros([1, crop, crop, 3]), training=False)
+    model_lib.build_for_input_size(model, crop, crop)  # as train_lib
     loss = losses.MaXDeepLabLoss(config.trainer_options.loss_options,
                                  descriptor)
     model_optimizer = optimizers.ModelOptimizer(

@@ -86,9 +86,9 @@ def _timed_calls(fn, arg, steps):
 def build_ours(work, crop, batch_size, xla):
     """Model, and for work='train' the trainer's TrainStep, as
     trainer/train_lib.py builds them (backbone multiplier included)."""
-    import tensorflow as tf
     import max_deeplab_tf
     from max_deeplab_tf import losses
+    from max_deeplab_tf import model as model_lib
     from max_deeplab_tf import optimizers
     from max_deeplab_tf.data import dataset_info
     from max_deeplab_tf.training import train_step as train_step_lib
@@ -110,7 +110,7 @@ def build_ours(work, crop, batch_size, xla):
     descriptor = dataset_info.get_dataset_descriptor(
         config.train_dataset_options.dataset)
     model = max_deeplab_tf.build_model(config)
-    model(tf.zeros([1, crop, crop, 3]), training=False)
+    model_lib.build_for_input_size(model, crop, crop)  # as train_lib
     parts = {"config": config, "descriptor": descriptor, "model": model}
     if work != "train":
         return parts

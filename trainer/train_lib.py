@@ -37,6 +37,7 @@ import orbit
 import tensorflow as tf
 
 from max_deeplab_tf import cli
+from max_deeplab_tf import model as model_lib
 from max_deeplab_tf import optimizers
 from max_deeplab_tf.training import checkpoints
 from max_deeplab_tf.training import train_step as train_step_lib
@@ -448,7 +449,7 @@ def build_model_and_checkpoint(setup: _Setup, config) -> _Parts:
     with setup.strategy.scope():
         model = setup.components.build_model(config)
         height, width = _model_input_size(config, setup.mode)
-        model(tf.zeros([1, height, width, 3]), training=False)
+        model_lib.build_for_input_size(model, height, width)
         global_step = orbit.utils.create_global_step()
         loss_fn = setup.components.build_loss(config, setup.descriptor)
         items = {"model": checkpoints.model_view(model),

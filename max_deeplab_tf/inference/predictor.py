@@ -389,6 +389,7 @@ class Predictor:
         import max_deeplab_tf
         from max_deeplab_tf import config as config_lib
         from max_deeplab_tf import export
+        from max_deeplab_tf import model as model_lib
         from max_deeplab_tf.data import dataset_info
         from max_deeplab_tf.training import checkpoints
 
@@ -408,7 +409,7 @@ class Predictor:
                           config.eval_dataset_options.dataset))
         crop = export.export_crop_size(config)
         model = max_deeplab_tf.build_model(config)
-        model(tf.zeros([1, crop[0], crop[1], 3]), training=False)
+        model_lib.build_for_input_size(model, crop[0], crop[1])
         try:
             # Training checkpoints also hold the optimizer; only the model is
             # read (expect_partial), and every model variable must be there.

@@ -2,7 +2,9 @@
 
 import json
 
+import keras
 import pytest
+import tensorflow as tf
 
 import max_deeplab_tf
 from max_deeplab_tf.model import builder
@@ -77,3 +79,55 @@ def test_max_deeplab_l_has_no_auxiliary_semantic_decoder():
     head = builder.head_config_from_options(config, encoder)
     assert head["decoder_config"] is None
     assert head["num_transformer_classes"] == 134
+
+
+def test_build_for_input_size_creates_the_weights_a_forward_pass_creates():
+    # Symbolic build of our model: the same variables (paths and shapes) as
+    # one eager forward pass on zeros.
+    config = helpers.tiny_config()
+    built = max_deeplab_tf.build_model(config)
+    builder.build_for_input_size(built, 33, 33)
+    called = max_deeplab_tf.build_model(config)
+    called(tf.zeros([1, 33, 33, 3]), training=False)
+    assert built.built and len(built.weights) == len(called.weights) > 0
+    assert ([(v.path, tuple(v.shape)) for v in built.weights]
+            == [(v.path, tuple(v.shape)) for v in called.weights])
+
+
+class _OwnModel(keras.Model):
+    """A user's model without a build(): Keras builds it by a symbolic
+    call."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = keras.layers.Conv2D(4, 3)
+        self.norm = keras.layers.BatchNormalization()
+
+    def call(self, images, training=False):
+        return self.norm(self.conv(images), training=training)
+
+
+class _ValueDependentModel(keras.Model):
+    """A model whose call needs values (Python control flow on a tensor): a
+    symbolic pass fails, so one forward pass on zeros builds it."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = keras.layers.Conv2D(2, 1)
+
+    def call(self, images, training=False):
+        if float(tf.reduce_max(images)) > 1e6:
+            images = images / 255.0
+        return self.conv(images)
+
+
+def test_build_for_input_size_builds_other_models():
+    own = _OwnModel()
+    builder.build_for_input_size(own, 9, 11)
+    assert [tuple(v.shape) for v in own.trainable_weights] == [
+        (3, 3, 3, 4), (4,), (4,), (4,)]
+    value_dependent = _ValueDependentModel()
+    builder.build_for_input_size(value_dependent, 5, 5)
+    assert value_dependent.built
+    assert [tuple(v.shape) for v in value_dependent.weights] == [
+        (1, 1, 3, 2), (2,)]
