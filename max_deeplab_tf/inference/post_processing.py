@@ -157,18 +157,23 @@ def panoptic_post_process(
 
     # Step 2: pixel -> slot.
     logits = resize_align_corners_bilinear(mask_logits, [height, width])
-    detected_b = detected[:, None, None, :]
-    detected_logits = (logits * detected_b
-                       + _UNDETECTED_LOGIT * (1.0 - detected_b))
+    # deeplab2's logits * detected + _UNDETECTED_LOGIT * (1 - detected), in
+    # one pass over the [batch, height, width, slots] logits (the same
+    # values: x * 1 + c * 0 is x and x * 0 + c * 1 is c for finite x).
+    detected_logits = tf.where(detected[:, None, None, :] > 0.0, logits,
+                               _UNDETECTED_LOGIT)
     pixel_confidence = tf.reduce_max(tf.nn.softmax(detected_logits, axis=-1),
                                      axis=-1)
     confident = pixel_confidence > pixel_confidence_threshold
-    # A pixel whose best slot overall was dropped is void, not handed to the
-    # runner-up.
-    argmax_detected = tf.equal(tf.reduce_max(logits, axis=-1),
-                               tf.reduce_max(detected_logits, axis=-1))
-    confident = tf.logical_and(confident, argmax_detected)
     mask_id = tf.argmax(detected_logits, axis=-1, output_type=tf.int32)
+    all_mask_id = tf.argmax(logits, axis=-1, output_type=tf.int32)
+    # A pixel whose best slot overall was dropped is void, not handed to the
+    # runner-up. The maxima are read at the argmax slots (a gather instead
+    # of two more passes over the logits).
+    argmax_detected = tf.equal(
+        tf.gather(logits, all_mask_id[..., None], batch_dims=3)[..., 0],
+        tf.gather(detected_logits, mask_id[..., None], batch_dims=3)[..., 0])
+    confident = tf.logical_and(confident, argmax_detected)
     semantic_scores = tf.gather(slot_confidence, mask_id, batch_dims=1)
     pixel_class = tf.gather(slot_class, mask_id, batch_dims=1)
 
@@ -210,7 +215,6 @@ def panoptic_post_process(
     if compute_semantic:
         # The threshold-free pass: every slot detected, so the masked logits
         # are the logits themselves.
-        all_mask_id = tf.argmax(logits, axis=-1, output_type=tf.int32)
         outputs[common.PRED_SEMANTIC_KEY] = tf.gather(
             class_id_table, tf.gather(slot_class, all_mask_id, batch_dims=1))
     return outputs
