@@ -109,6 +109,10 @@ class Evaluator(orbit.StandardEvaluator):
     def eval_begin(self):
         return {"sums": None, "losses": {}, "count": 0.0, "vis": None}
 
+    # AutoGraph would transpile the model, post-processing, PQ and loss code
+    # (none needs it: their control flow is on static values) each time the
+    # step is traced, as it did for the train step (TrainStep.replica_step).
+    @tf.autograph.experimental.do_not_convert
     def _replica_step(self, inputs):
         outputs = self._model(inputs[common.IMAGE], training=False)
         predictions = self._hooks.post_process(outputs, inputs)
