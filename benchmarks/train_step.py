@@ -113,17 +113,19 @@ def child(args):
     def run(inputs):
         return strategy.run(step.replica_step, args=(inputs,))
 
-    start = time.perf_counter()
-    result = run(batch)
-    float(result["total_loss"])
-    first = time.perf_counter() - start
-    for _ in range(args.warmup):
-        float(run(batch)["total_loss"])
-    start = time.perf_counter()
-    for _ in range(args.steps):
+    # As the trainer calls it (grappler off on a CPU-only process).
+    with step.graph_optimizer_scope():
+        start = time.perf_counter()
         result = run(batch)
-    loss_value = float(result["total_loss"])
-    seconds = (time.perf_counter() - start) / args.steps
+        float(result["total_loss"])
+        first = time.perf_counter() - start
+        for _ in range(args.warmup):
+            float(run(batch)["total_loss"])
+        start = time.perf_counter()
+        for _ in range(args.steps):
+            result = run(batch)
+        loss_value = float(result["total_loss"])
+        seconds = (time.perf_counter() - start) / args.steps
     peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     device_peak_mib = None
     if tf.config.list_physical_devices("GPU"):

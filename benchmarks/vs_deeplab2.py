@@ -165,20 +165,23 @@ def child(args):
                 common.TOTAL_LOSS]
 
         result["build_s"] = time.perf_counter() - start
-        first, times = _timed_calls(train_step, batch, args.steps)
-        result.update({
-            "crop": args.crop, "batch_size": args.batch_size,
-            "first_step_s": first, "step_times_s": times,
-            "step_s": statistics.median(times),
-            "loss": float(train_step(batch)),
-            "backbone_variables": parts["backbone_variables"]})
-        if args.tf_profile:
-            # A TensorFlow profiler trace of --steps more steps (for
-            # finding where the time goes; not used by the comparison).
-            tf.profiler.experimental.start(args.tf_profile)
-            for _ in range(args.steps):
-                float(train_step(batch))
-            tf.profiler.experimental.stop()
+        # As the trainer calls it (grappler off on a CPU-only process).
+        with step.graph_optimizer_scope():
+            first, times = _timed_calls(train_step, batch, args.steps)
+            result.update({
+                "crop": args.crop, "batch_size": args.batch_size,
+                "first_step_s": first, "step_times_s": times,
+                "step_s": statistics.median(times),
+                "loss": float(train_step(batch)),
+                "backbone_variables": parts["backbone_variables"],
+                "graph_optimizer": step.optimize_graph})
+            if args.tf_profile:
+                # A TensorFlow profiler trace of --steps more steps (for
+                # finding where the time goes; not used by the comparison).
+                tf.profiler.experimental.start(args.tf_profile)
+                for _ in range(args.steps):
+                    float(train_step(batch))
+                tf.profiler.experimental.stop()
     else:
         image = tf.constant(data["image641"])
         post = PostProcessor(parts["config"].evaluator_options,

@@ -93,6 +93,12 @@ class Trainer(orbit.StandardTrainer):
     def strategy(self):
         return self._strategy
 
+    def train(self, num_steps):
+        # The loop function is optimised (or not) at its first run, under
+        # the step's setting (max_deeplab_tf.training.graph_optimizer).
+        with self._step.graph_optimizer_scope():
+            return super().train(num_steps)
+
     def train_loop_begin(self):
         for variable in (list(self._sums.values())
                          + list(self._all_sums.values())

@@ -8,6 +8,9 @@
     path, ...) with a matched/unmatched report; CheckpointManager (no
     non-finite writes), ModelOnlyCheckpoint (quiet partial reads),
     remove_stale_temporaries (what a killed write left).
+  graph_optimizer: grappler off for the train step on a CPU-only process
+    (where it cost about 7 s of the first step and sped nothing up);
+    TrainStep.graph_optimizer_scope() is the scope its calls run in.
   files: atomic writes through tf.io.gfile.
   visualization: panoptic maps as colour images.
 """

@@ -45,12 +45,13 @@ because tf.distribute's cross-replica calls cannot run inside a nested
 compiled function. On a TPU the strategy compiles the whole step anyway.
 """
 
-from typing import Callable, Dict, Sequence
+from typing import Callable, Dict, Optional, Sequence
 
 import keras
 import tensorflow as tf
 
 from max_deeplab_tf import common
+from max_deeplab_tf.training import graph_optimizer
 
 NONFINITE_ERROR = "non-finite loss"
 # Dynamic loss scaling for float16, as Keras' LossScaleOptimizer.
@@ -90,6 +91,9 @@ class TrainStep:
       jit_compile: Compile the forward and backward pass with XLA.
       use_asserts: Raise inside the step when the limit is hit (switched off
         where asserts do not run, e.g. on TPU).
+      optimize_graph: Whether grappler optimises the function that runs the
+        step (see `graph_optimizer_scope`); None: only where it pays off,
+        i.e. not on a CPU-only process (training.graph_optimizer).
 
     Create it under the strategy's scope: it owns state variables (loss
     scale, non-finite counters) that belong in checkpoints.
@@ -100,7 +104,8 @@ class TrainStep:
                  mixed_precision_policy: str = "float32",
                  max_consecutive_nonfinite_steps: int = 10,
                  jit_compile: bool = False, use_asserts: bool = True,
-                 image_key: str = common.IMAGE):
+                 image_key: str = common.IMAGE,
+                 optimize_graph: Optional[bool] = None):
         if mixed_precision_policy not in ("float32", "mixed_float16",
                                           "mixed_bfloat16"):
             raise ValueError(
@@ -116,6 +121,9 @@ class TrainStep:
             max_consecutive_nonfinite_steps)
         self.use_asserts = use_asserts
         self.image_key = image_key
+        self.optimize_graph = (graph_optimizer.pays_off_for_training()
+                               if optimize_graph is None
+                               else bool(optimize_graph))
         self.variables = list(model.trainable_variables)
         self.state_variables = list(model.non_trainable_variables)
         self.consecutive_nonfinite = _state_variable(
@@ -131,6 +139,15 @@ class TrainStep:
         if jit_compile:
             self._forward_backward = tf.function(
                 self._forward_backward_impl, jit_compile=True)
+
+    def graph_optimizer_scope(self):
+        """A context manager to call the step's tf.function in (every call:
+        its first run decides how it is optimised), e.g.
+
+            with step.graph_optimizer_scope():
+                loss = train_function(inputs)  # runs strategy.run(step...)
+        """
+        return graph_optimizer.enabled(self.optimize_graph)
 
     def checkpoint_items(self) -> Dict[str, tf.Variable]:
         """State to save beside the model and optimizer."""
