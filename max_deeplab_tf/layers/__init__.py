@@ -55,7 +55,8 @@ from max_deeplab_tf.layers.stems import InceptionStem
 
 __all__ = [
     "AttentionOperation", "AxialAttention", "AxialAttention2D", "AxialBlock",
-    "BatchNormalization", "BlockGroup", "Conv1DBN", "Conv2DSame", "DepthwiseConv2DSame",
+    "BatchNormalization", "BlockGroup", "Conv1DBN", "Conv2DSame",
+    "DepthwiseConv2DSame",
     "DropPath", "DualPathTransformerLayer", "InceptionStem",
     "MultiAxisBatchNormalization", "RelativePositionalEncoding",
     "ResizedFuse", "SeparableConv2DSame", "StackedConv2DSame", "batch_norm",

@@ -42,7 +42,7 @@ from absl import logging
 import tensorflow as tf
 
 from max_deeplab_tf import cli
-from max_deeplab_tf import model as model_lib
+from max_deeplab_tf.model import build_for_input_size
 from max_deeplab_tf.model import build_model
 from max_deeplab_tf.model import deeplab2_variable_map
 from max_deeplab_tf.tools import deeplab2_config
@@ -184,7 +184,7 @@ def import_deeplab2(deeplab2_config_path: str, deeplab2_checkpoint: str,
         raise cli.UserError(f"--deeplab2_config {deeplab2_config_path}: "
                             f"{cli.one_line(str(e))}") from e
     height, width = _model_input_size(experiment)
-    model_lib.build_for_input_size(model, height, width)
+    build_for_input_size(model, height, width)
     report = deeplab2_variable_map.load_deeplab2_checkpoint(
         model, deeplab2_checkpoint, strict=True)
     logging.info("Loaded %d variables from %s (%d optimizer/bookkeeping "
