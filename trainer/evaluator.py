@@ -20,6 +20,7 @@ import tensorflow as tf
 from max_deeplab_tf import cli
 from max_deeplab_tf import common
 from max_deeplab_tf.training import files
+from max_deeplab_tf.training import op_stack_traces
 from max_deeplab_tf.training import visualization
 
 
@@ -114,6 +115,12 @@ class Evaluator(orbit.StandardEvaluator):
     # step is traced, as it did for the train step (TrainStep.replica_step).
     @tf.autograph.experimental.do_not_convert
     def _replica_step(self, inputs):
+        # Its ops record only this package's and the user's stack frames,
+        # as the train step's do.
+        with op_stack_traces.library_frames_dropped():
+            return self._replica_outputs(inputs)
+
+    def _replica_outputs(self, inputs):
         outputs = self._model(inputs[common.IMAGE], training=False)
         predictions = self._hooks.post_process(outputs, inputs)
         gt = tf.cast(inputs[common.GT_PANOPTIC_KEY], tf.int32)

@@ -52,6 +52,7 @@ import tensorflow as tf
 
 from max_deeplab_tf import common
 from max_deeplab_tf.training import graph_optimizer
+from max_deeplab_tf.training import op_stack_traces
 
 NONFINITE_ERROR = "non-finite loss"
 # Dynamic loss scaling for float16, as Keras' LossScaleOptimizer.
@@ -189,6 +190,12 @@ class TrainStep:
         """One step on this replica; returns global-batch means of the loss
         terms plus 'gradient_norm' and 'step_skipped' (1.0 when skipped),
         identical on every replica."""
+        # The ops record only this package's and the user's stack frames:
+        # Keras's and TensorFlow's took 200+ MiB once the step first ran.
+        with op_stack_traces.library_frames_dropped():
+            return self._replica_step(inputs)
+
+    def _replica_step(self, inputs) -> Dict[str, tf.Tensor]:
         context = tf.distribute.get_replica_context()
         # The forward pass updates batch-norm statistics (and other state)
         # by itself; a skipped step must not keep NaNs there either.
