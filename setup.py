@@ -25,6 +25,9 @@ setuptools.setup(
         # is older still (see protos/regenerate.py).
         'protobuf>=5.28.0',
         'pillow',
+        # libspng: decodes the PQ command's PNGs in about a third of Pillow's
+        # time (benchmarks/README.md).
+        'pyspng',
         # Progress bars of the converter, predict and the PQ command.
         'tqdm',
         # The LiteRT interpreter: Predictor.from_tflite and the tests of the

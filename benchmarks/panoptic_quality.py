@@ -167,14 +167,14 @@ def children_cpu_seconds():
     return usage.ru_utime + usage.ru_stime
 
 
-def timed_run(command, env, timeout):
-    """Runs `command`; returns (wall s, CPU s of its process tree, load
-    average before, after)."""
+def timed_run(command, env, timeout, cwd=None):
+    """Runs `command` (in `cwd`); returns (wall s, CPU s of its process
+    tree, load average before, after)."""
     load_before = os.getloadavg()[0]
     cpu = children_cpu_seconds()
     start = time.perf_counter()
     run = subprocess.run(command, env=env, capture_output=True, text=True,
-                         timeout=timeout)
+                         timeout=timeout, cwd=cwd)
     wall = time.perf_counter() - start
     cpu = children_cpu_seconds() - cpu
     if run.returncode != 0:
@@ -234,7 +234,8 @@ def main(argv=None):
                      "cocodataset/panopticapi")
 
     owned = args.data_dir is None
-    directory = args.data_dir or tempfile.mkdtemp(prefix="pq_bench_")
+    directory = (os.path.abspath(args.data_dir) if args.data_dir
+                 else tempfile.mkdtemp(prefix="pq_bench_"))
     work = tempfile.mkdtemp(prefix="pq_bench_out_")
     try:
         start = time.perf_counter()
@@ -261,12 +262,17 @@ def main(argv=None):
                         "--gt_dir", files[2], "--pred_dir", files[3],
                         "--workers", str(args.workers), "--output_json", out]
                     side_env = env
+                    # `python -m` puts the working folder first on
+                    # sys.path: run from this checkout so that its code is
+                    # the one timed, wherever the script is started from.
+                    side_cwd = REPO_ROOT
                 else:
                     command = [args.panopticapi_python, "-c",
                                PANOPTICAPI_SNIPPET] + files + [out]
                     side_env = theirs_env
+                    side_cwd = None
                 wall, cpu, load_before, load_after = timed_run(
-                    command, side_env, args.timeout)
+                    command, side_env, args.timeout, side_cwd)
                 with open(out) as f:
                     results[side] = json.load(f)
                 runs[side].append({"wall_s": wall, "cpu_s": cpu,

@@ -656,3 +656,131 @@ def test_runs_count_every_pixel_pair(height, width, levels):
             gt_rgb, pred_rgb)) == expected
         assert _pair_counts_of_runs(*panoptic_quality._runs_of_ids(
             gt, pred)) == expected
+
+
+# --------------------------------------------------------------------------
+# Reading the PNGs: libspng for 8-bit RGB/RGBA, Pillow for the rest, the
+# pixels Pillow gives in every case.
+
+_ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4),
+          (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
+
+
+def _png_bytes(pixels, interlaced=False):
+    """A PNG written by hand (PNG spec: IHDR, one IDAT, IEND; filter 0; Adam7
+    passes when interlaced): uint8 or big-endian uint16 [H, W, 3 or 4]."""
+    import struct
+    import zlib
+
+    height, width, channels = pixels.shape
+    depth = 16 if pixels.dtype == np.uint16 else 8
+    pixels = pixels.astype(">u2") if depth == 16 else pixels
+
+    def rows(image):
+        return b"".join(b"\x00" + row.tobytes() for row in image)
+
+    if interlaced:
+        raw = b"".join(rows(pixels[y0::dy, x0::dx])
+                       for x0, y0, dx, dy in _ADAM7
+                       if pixels[y0::dy, x0::dx].size)
+    else:
+        raw = rows(pixels)
+
+    def chunk(kind, body):
+        return (struct.pack(">I", len(body)) + kind + body
+                + struct.pack(">I", zlib.crc32(kind + body)))
+
+    colour_type = {3: 2, 4: 6}[channels]
+    header = struct.pack(">IIBBBBB", width, height, depth, colour_type, 0, 0,
+                         int(interlaced))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+            + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+def _pillow_rgb(path):
+    """The reference: Pillow's pixels, alpha dropped."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        pixels = np.asarray(image)
+    return pixels[..., :3]
+
+
+@pytest.mark.parametrize("channels, interlaced, height, width", [
+    (3, False, 37, 53), (4, False, 37, 53), (3, True, 37, 53),
+    (4, True, 5, 3), (3, False, 1, 1), (3, True, 1, 9)])
+def test_png_pixels_equal_pillows(tmp_path, channels, interlaced, height,
+                                  width):
+    rng = np.random.RandomState(height * width + channels)
+    pixels = rng.randint(0, 256, (height, width, channels)).astype(np.uint8)
+    path = tmp_path / "image.png"
+    path.write_bytes(_png_bytes(pixels, interlaced))
+    got = panoptic_quality.read_rgb_png(str(path))
+    assert got.dtype == np.uint8 and got.flags.c_contiguous
+    np.testing.assert_array_equal(got, pixels[..., :3])
+    np.testing.assert_array_equal(got, _pillow_rgb(path))
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA"])
+def test_pillow_written_png_is_read_by_libspng(tmp_path, monkeypatch, mode):
+    from PIL import Image
+
+    rng = np.random.RandomState(5)
+    pixels = rng.randint(0, 256, (30, 41, len(mode))).astype(np.uint8)
+    path = tmp_path / "image.png"
+    Image.fromarray(pixels, mode).save(path, compress_level=9)
+
+    def no_pillow(data, path):
+        raise AssertionError("decoded by Pillow")
+
+    monkeypatch.setattr(panoptic_quality, "_decode_with_pillow", no_pillow)
+    np.testing.assert_array_equal(panoptic_quality.read_rgb_png(str(path)),
+                                  pixels[..., :3])
+
+
+def test_other_pngs_go_to_pillow(tmp_path):
+    from PIL import Image
+
+    rng = np.random.RandomState(6)
+    # 16-bit RGB: Pillow's 8-bit reading of it, as before.
+    deep = rng.randint(0, 65536, (6, 7, 3)).astype(np.uint16)
+    path = tmp_path / "deep.png"
+    path.write_bytes(_png_bytes(deep))
+    np.testing.assert_array_equal(panoptic_quality.read_rgb_png(str(path)),
+                                  _pillow_rgb(path))
+    # Palette and grey-level images are refused, naming the file.
+    for mode in ("P", "L", "LA"):
+        path = tmp_path / f"{mode}.png"
+        Image.new(mode, (4, 3)).save(path)
+        with pytest.raises(panoptic_quality.PanopticInputError,
+                           match=f"{mode}.png: expected an RGB PNG"):
+            panoptic_quality.read_rgb_png(str(path))
+
+
+@pytest.mark.parametrize("damage", [
+    "truncated", "no_iend", "idat_crc", "zlib_checksum", "deflate_data",
+    "header_crc"])
+def test_damaged_png_is_one_clear_error(tmp_path, damage):
+    rng = np.random.RandomState(7)
+    data = bytearray(_png_bytes(
+        rng.randint(0, 256, (20, 20, 3)).astype(np.uint8)))
+    idat = data.index(b"IDAT")
+    # The file ends with IDAT's CRC (4 bytes) and IEND (12 bytes); IDAT's
+    # data ends with the zlib stream's Adler-32 checksum.
+    if damage == "truncated":
+        data = data[:idat + 30]
+    elif damage == "no_iend":
+        data = data[:-12]
+    elif damage == "idat_crc":
+        data[-13] ^= 0xFF
+    elif damage == "zlib_checksum":
+        data[-17] ^= 0xFF
+    elif damage == "deflate_data":
+        data[idat + 10] ^= 0xFF
+    else:
+        data[data.index(b"IHDR") + 17] ^= 0xFF  # IHDR's CRC
+    path = tmp_path / "damaged.png"
+    path.write_bytes(bytes(data))
+    with pytest.raises(panoptic_quality.PanopticInputError,
+                       match="damaged.png: not a readable PNG"):
+        panoptic_quality.read_rgb_png(str(path))
