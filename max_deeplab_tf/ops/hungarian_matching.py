@@ -212,6 +212,22 @@ def _solve(cost, valid, compute_dtype):
       float32 [B, R, C] assignment, and a bool scalar: whether every valid
       entry of `cost` was finite.
     """
+    col, all_finite = _solve_columns(cost, valid, compute_dtype)
+    return tf.one_hot(col, tf.shape(cost)[2], dtype=tf.float32), all_finite
+
+
+def _solve_columns(cost, valid, compute_dtype, valid_first=False):
+    """`_solve`, returning the column matched to each row instead.
+
+    Args:
+      cost, valid, compute_dtype: as `_solve`'s.
+      valid_first: Whether every batch element's valid columns come before
+        its invalid ones (so they need no sorting).
+
+    Returns:
+      int32 [B, R]: the column assigned to each row, -1 for none; and the
+      bool scalar of `_solve`.
+    """
     static_r, static_c = cost.shape[1], cost.shape[2]
     shape = tf.shape(cost)
     batch, num_rows, num_cols = shape[0], shape[1], shape[2]
@@ -229,9 +245,14 @@ def _solve(cost, valid, compute_dtype):
     num_valid = tf.reduce_sum(tf.cast(valid, tf.int32), axis=1)
 
     # Valid columns as items (in column order), rows as targets.
-    order = tf.argsort(tf.cast(tf.logical_not(valid), tf.int32), axis=1,
-                       stable=True)[:, :num_items]
-    a = tf.gather(tf.transpose(cost, [0, 2, 1]), order, batch_dims=1)
+    if valid_first:
+        order = tf.broadcast_to(tf.range(num_items)[None, :],
+                                tf.stack([batch, num_items]))
+        a = tf.transpose(cost, [0, 2, 1])[:, :num_items]
+    else:
+        order = tf.argsort(tf.cast(tf.logical_not(valid), tf.int32), axis=1,
+                           stable=True)[:, :num_items]
+        a = tf.gather(tf.transpose(cost, [0, 2, 1]), order, batch_dims=1)
     a = tf.pad(a, [[0, 0], [0, 0], [0, num_targets - num_rows]])
     item_active = tf.range(num_items)[None, :] < num_valid[:, None]
     target_valid = tf.broadcast_to(tf.range(num_targets)[None, :] < num_rows,
@@ -270,7 +291,7 @@ def _solve(cost, valid, compute_dtype):
                           [[0, 0], [0, num_targets - num_items]],
                           constant_values=-1)[:, :num_rows]
         col = tf.where(flip[:, None], col_flip, col)
-    return tf.one_hot(col, num_cols, dtype=tf.float32), all_finite
+    return col, all_finite
 
 
 def _shortest_augmenting_paths(a, item_active, target_valid):
@@ -488,7 +509,7 @@ def _eager_solver(shape, dtype, has_valid_columns, compute_dtype,
 
     With compact_width, the valid columns (at most compact_width per batch
     element) are gathered to the front of a [batch, rows, compact_width]
-    problem, solved, and the assignment is scattered back to their columns.
+    problem, solved, and each row's column is mapped back to its place.
     """
     specs = [tf.TensorSpec(shape, dtype)]
     if has_valid_columns:
@@ -501,12 +522,14 @@ def _eager_solver(shape, dtype, has_valid_columns, compute_dtype,
         # beyond the valid ones are invalid ones.
         order = tf.argsort(tf.cast(tf.logical_not(valid_columns), tf.int32),
                            axis=1, stable=True)[:, :compact_width]
-        assignment, all_finite = _solve(
+        compact_col, all_finite = _solve_columns(
             tf.gather(cost, order, axis=2, batch_dims=1),
             tf.gather(valid_columns, order, axis=1, batch_dims=1),
-            compute_dtype)
-        placement = tf.one_hot(order, shape[2], dtype=tf.float32)
-        return tf.einsum("brw,bwc->brc", assignment, placement), all_finite
+            compute_dtype, valid_first=True)
+        col = tf.where(compact_col >= 0,
+                       tf.gather(order, tf.maximum(compact_col, 0),
+                                 batch_dims=1), -1)
+        return tf.one_hot(col, shape[2], dtype=tf.float32), all_finite
 
     return tf.function(solve, jit_compile=True, autograph=False
                        ).get_concrete_function(*specs)

@@ -237,13 +237,15 @@ def test_small_problems_match_brute_force():
     assert solved == 240
 
 
-def test_padded_columns_are_solved_on_the_valid_ones_eagerly():
+@pytest.mark.parametrize("rows", [12, 4])
+def test_padded_columns_are_solved_on_the_valid_ones_eagerly(rows):
     # DETR-style padding: 40 columns, at most 5 valid per element. Eagerly
     # the valid columns are gathered into an 8-wide problem (the next power
-    # of two), solved, and scattered back to their columns.
+    # of two), solved, and scattered back to their columns. With 4 rows,
+    # elements with 5 valid columns have more columns than rows.
     rng = np.random.default_rng(11)
-    cost = np.concatenate([loss_like(rng, 30, 12, 40),
-                           rng.integers(0, 3, (30, 12, 40)) * 1.0])
+    cost = np.concatenate([loss_like(rng, 30, rows, 40),
+                           rng.integers(0, 3, (30, rows, 40)) * 1.0])
     valid = np.zeros((60, 40), bool)
     for b in range(60):
         valid[b, rng.permutation(40)[:rng.integers(0, 6)]] = True
