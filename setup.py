@@ -25,7 +25,7 @@ setuptools.setup(
         # is older still (see protos/regenerate.py).
         'protobuf>=5.28.0',
         'pillow',
-        # libspng: decodes the PQ command's PNGs in about a third of Pillow's
+        # libspng: decodes the PQ command's PNGs in about a quarter of Pillow's
         # time (benchmarks/README.md).
         'pyspng',
         # Progress bars of the converter, predict and the PQ command.

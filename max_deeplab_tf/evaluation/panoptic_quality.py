@@ -445,8 +445,8 @@ def _chunk_error(data: bytes) -> Optional[str]:
 
 
 def _decode_with_spng(data: bytes, path: str) -> np.ndarray:
-    """libspng (through pyspng): 0.45 ms of CPU for a 640x480 panoptic PNG
-    against Pillow's 1.6 ms (benchmarks/README.md); same pixels."""
+    """libspng (through pyspng): 0.47 ms of CPU for a 640x480 panoptic PNG
+    against 1.84 ms through Pillow (benchmarks/README.md); same pixels."""
     import pyspng  # pylint: disable=import-outside-toplevel
 
     error = _chunk_error(data)
