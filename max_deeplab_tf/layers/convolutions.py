@@ -15,6 +15,8 @@ from typing import Any, Dict, Optional
 
 import keras
 import tensorflow as tf
+from tensorflow.python.ops import control_flow_util
+from tensorflow.python.util import _pywrap_util_port
 
 from max_deeplab_tf.layers import activations
 from max_deeplab_tf.layers import base
@@ -27,6 +29,34 @@ def padding_size(kernel_size: int, atrous_rate: int):
     total = effective - 1
     begin = total // 2
     return begin, total - begin
+
+
+def native_dilation_differentiable(dtype: tf.DType) -> bool:
+    """Whether a dilated convolution traced here may be one `Conv2D` op.
+
+    TensorFlow's `tf.nn.convolution` (and so Keras' `Conv2D`) turns a
+    dilated convolution into space-to-batch, a convolution on [rate^2 *
+    batch] small tiles and batch-to-space, because TensorFlow's own CPU
+    kernels cannot differentiate a dilated `Conv2D`. That rewrite is slow:
+    at a 129x129 crop the ASPP's rate-6 branch took about 150 ms of a
+    0.8 s training step on oneDNN, and under XLA on a CPU its input
+    gradient became one 1.7 s convolution in a layout Eigen does not take.
+    The dilated `Conv2D` op runs everywhere forward; its gradient kernels
+    exist under XLA (CPU, GPU, TPU), in oneDNN and in cuDNN. Only the plain
+    CPU kernels lack them, so the op is used when compiling with XLA, or in
+    float32 when oneDNN is on (oneDNN takes bfloat16 only on CPUs that have
+    it, and float16 not at all).
+
+    Args:
+      dtype: The convolution's compute dtype.
+
+    Returns:
+      True when the dilated `Conv2D` op and its gradient will run.
+    """
+    if control_flow_util.GraphOrParentsInXlaContext(
+            tf.compat.v1.get_default_graph()):
+        return True
+    return dtype == tf.float32 and _pywrap_util_port.IsMklEnabled()
 
 
 def conv_bn_act_name(index: int, use_bn: bool, activation: Optional[str]) -> str:
@@ -180,20 +210,33 @@ class Conv2DSame(_PaddedConvBNAct):
         # map (the ASPP's rates 12 and 18 on the 9x9 stride-16 map of a
         # 129x129 crop) multiplies all but its centre taps by padding: the
         # same values (and the same zero gradients for those taps) come
-        # from the centre taps alone, for a ninth of the work.
+        # from the centre taps alone, for a ninth of the work. A dilation
+        # that remains is one Conv2D op where its gradient can be taken
+        # (native_dilation_differentiable), else Keras' space-to-batch.
         taps = self._taps_in_reach(x)
-        if taps == (self.kernel_size, self.kernel_size):
+        dilations = [1 if t == 1 else self.atrous_rate for t in taps]
+        full = taps == (self.kernel_size, self.kernel_size)
+        native = (self.strides == 1 and max(dilations) > 1
+                  and native_dilation_differentiable(x.dtype))
+        if full and not native:
             return self._conv(x)
         if not self._conv.built:
             self._conv.build(x.shape)
-        centre = self.kernel_size // 2
         kernel = self._conv.kernel
-        rows = slice(centre, centre + 1) if taps[0] == 1 else slice(None)
-        columns = slice(centre, centre + 1) if taps[1] == 1 else slice(None)
-        kernel = tf.cast(kernel[rows, columns], x.dtype)
-        dilations = [1 if t == 1 else self.atrous_rate for t in taps]
-        y = tf.nn.convolution(x, kernel, padding="SAME",
-                              dilations=dilations)
+        if not full:
+            centre = self.kernel_size // 2
+            rows = (slice(centre, centre + 1) if taps[0] == 1
+                    else slice(None))
+            columns = (slice(centre, centre + 1) if taps[1] == 1
+                       else slice(None))
+            kernel = kernel[rows, columns]
+        kernel = tf.cast(kernel, x.dtype)
+        if native:
+            y = tf.nn.conv2d(x, kernel, strides=1, padding="SAME",
+                             dilations=dilations)
+        else:
+            y = tf.nn.convolution(x, kernel, padding="SAME",
+                                  dilations=dilations)
         if self.use_bias:
             y = tf.nn.bias_add(y, tf.cast(self._conv.bias, x.dtype))
         return y

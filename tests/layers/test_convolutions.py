@@ -1,10 +1,15 @@
 """Tests for max_deeplab_tf.layers.convolutions against brute-force numpy."""
 
+import os
+
 import numpy as np
 import pytest
 
 from max_deeplab_tf.layers import convolutions
 from tests.layers import helpers
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))))
 
 
 def test_padding_size():
@@ -103,16 +108,19 @@ def test_stacked_conv_attribute_names_follow_deeplab2():
     assert layer(x).shape == (1, 5, 5, 8)
 
 
-@pytest.mark.parametrize("height,width,rate,use_bias", [
-    (9, 9, 12, False),   # the ASPP at a 129x129 crop: rate past both sides
-    (9, 9, 9, True),     # rate equal to the size: still only padding
-    (5, 11, 6, True),    # past the height only: a 1x3 atrous convolution
-    (9, 9, 6, False),    # within reach: the full kernel
+@pytest.mark.parametrize("height,width,rate,use_bias,jit_compile", [
+    (9, 9, 12, False, False),  # the ASPP at a 129x129 crop: past both sides
+    (9, 9, 9, True, False),    # rate equal to the size: still only padding
+    (5, 11, 6, True, False),   # past the height only: 1x3 atrous
+    (5, 11, 6, True, True),
+    (9, 9, 6, False, False),   # within reach: the full kernel
+    (9, 9, 6, True, True),
 ])
 def test_atrous_conv_past_the_feature_map_matches_the_full_kernel(
-        height, width, rate, use_bias):
+        height, width, rate, use_bias, jit_compile):
     # Truth: the brute-force numpy convolution with the whole 3x3 kernel
-    # (its outer taps read zero padding), values and kernel gradients.
+    # (its outer taps read zero padding), values, kernel and input
+    # gradients, in a tf.function with and without XLA.
     import tensorflow as tf
     rng = np.random.RandomState(1)
     x = rng.normal(size=(2, height, width, 3)).astype(np.float32)
@@ -126,24 +134,125 @@ def test_atrous_conv_past_the_feature_map_matches_the_full_kernel(
                                         rate, pad, pad)
     if use_bias:
         expected = expected + layer._conv.bias.numpy()
-    with tf.GradientTape() as tape:
-        out = layer(x)
-        loss = tf.reduce_sum(out * out)
+
+    @tf.function(jit_compile=jit_compile)
+    def forward_backward(inputs):
+        with tf.GradientTape() as tape:
+            tape.watch(inputs)
+            out = layer(inputs)
+            loss = tf.reduce_sum(out * out)
+        return (out,) + tuple(tape.gradient(
+            loss, [layer._conv.kernel, inputs]))
+
+    out, grad, input_grad = forward_backward(tf.constant(x))
     np.testing.assert_allclose(out.numpy(), expected, rtol=1e-5, atol=1e-5)
-    grad = tape.gradient(loss, layer._conv.kernel).numpy()
-    # d loss / d kernel[i, j, c, o] = sum 2 out * x shifted by the tap.
+    # d loss / d kernel[i, j, c, o] = sum 2 out * x shifted by the tap;
+    # d loss / d x scatters 2 out through each tap back onto the input.
     padded = np.pad(x.astype(np.float64),
                     [(0, 0), (pad, pad), (pad, pad), (0, 0)])
     expected_grad = np.zeros_like(kernel)
+    expected_input_grad = np.zeros_like(padded)
     for i in range(3):
         for j in range(3):
-            patch = padded[:, i * rate:i * rate + height,
-                           j * rate:j * rate + width]
-            expected_grad[i, j] = np.einsum("bhwc,bhwo->co", patch,
+            window = (slice(None), slice(i * rate, i * rate + height),
+                      slice(j * rate, j * rate + width))
+            expected_grad[i, j] = np.einsum("bhwc,bhwo->co", padded[window],
                                             2 * expected)
-    np.testing.assert_allclose(grad, expected_grad, rtol=1e-4, atol=1e-4)
+            expected_input_grad[window] += np.einsum(
+                "bhwo,co->bhwc", 2 * expected, kernel[i, j])
+    expected_input_grad = expected_input_grad[:, pad:pad + height,
+                                              pad:pad + width]
+    np.testing.assert_allclose(grad.numpy(), expected_grad, rtol=1e-4,
+                               atol=1e-4)
+    np.testing.assert_allclose(input_grad.numpy(), expected_input_grad,
+                               rtol=1e-4, atol=1e-4)
     # Which taps the layer computes with: only those that meet the input.
     reach = layer._taps_in_reach(tf.constant(x))
     assert reach == (1 if rate >= height else 3, 1 if rate >= width else 3)
     if rate < height:
         assert np.abs(expected_grad[0]).max() > 0
+
+
+def _dilated_conv_graph_ops(jit_compile):
+    """Op types of a traced forward and backward pass of an atrous layer
+    whose rate is within the feature map's reach."""
+    import tensorflow as tf
+    layer = convolutions.Conv2DSame(4, 3, atrous_rate=2, use_bias=False,
+                                    name="c")
+    x = tf.zeros([1, 7, 7, 3])
+    layer(x)
+
+    @tf.function(jit_compile=jit_compile)
+    def forward_backward(inputs):
+        with tf.GradientTape() as tape:
+            tape.watch(inputs)
+            loss = tf.reduce_sum(layer(inputs))
+        return tape.gradient(loss, [layer._conv.kernel, inputs])
+
+    graph = forward_backward.get_concrete_function(x).graph
+    ops = [op for op in graph.get_operations()]
+    for function in graph._functions.values():  # the gradient's graph
+        ops += list(function.graph.get_operations())
+    return ops
+
+
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_dilated_conv_is_one_conv2d_op_where_differentiable(jit_compile):
+    # The suite runs on x86 Linux, where oneDNN is on: one Conv2D op with
+    # dilations (and its two gradient ops), no space-to-batch rewrite.
+    from tensorflow.python.util import _pywrap_util_port
+    if not jit_compile and not _pywrap_util_port.IsMklEnabled():
+        pytest.skip("oneDNN is off in this TensorFlow build")
+    ops = _dilated_conv_graph_ops(jit_compile)
+    types = [op.type for op in ops]
+    assert "SpaceToBatchND" not in types and "BatchToSpaceND" not in types
+    convs = [op for op in ops if op.type == "Conv2D"]
+    assert len(convs) == 1
+    assert list(convs[0].get_attr("dilations")) == [1, 2, 2, 1]
+    assert "Conv2DBackpropInput" in types
+    assert "Conv2DBackpropFilter" in types
+
+
+def test_dilated_conv_without_onednn_keeps_space_to_batch(tmp_path):
+    # TensorFlow's own CPU kernels cannot differentiate a dilated Conv2D:
+    # with oneDNN off the layer must keep Keras' space-to-batch, and the
+    # gradient must run (and equal the oneDNN process's gradient).
+    import subprocess
+    import sys
+    script = tmp_path / "probe.py"
+    script.write_text(
+        "import numpy as np, tensorflow as tf\n"
+        "from max_deeplab_tf.layers import convolutions\n"
+        "tf.random.set_seed(0)\n"
+        "layer = convolutions.Conv2DSame(4, 3, atrous_rate=2, name='c')\n"
+        "x = tf.constant(np.random.RandomState(0).normal(\n"
+        "    size=(1, 7, 7, 3)).astype(np.float32))\n"
+        "layer(x)\n"
+        "layer._conv.kernel.assign(np.random.RandomState(1).normal(\n"
+        "    size=(3, 3, 3, 4)).astype(np.float32))\n"
+        "@tf.function\n"
+        "def grads(inputs):\n"
+        "    with tf.GradientTape() as tape:\n"
+        "        tape.watch(inputs)\n"
+        "        loss = tf.reduce_sum(layer(inputs) ** 2)\n"
+        "    return tape.gradient(loss, [layer._conv.kernel, inputs])\n"
+        "types = [op.type for op in\n"
+        "         grads.get_concrete_function(x).graph.get_operations()]\n"
+        "g = grads(x)\n"
+        "np.savez(__import__('sys').argv[1], kernel=g[0].numpy(),\n"
+        "         inputs=g[1].numpy(),\n"
+        "         space_to_batch='SpaceToBatchND' in types)\n")
+    results = {}
+    for onednn in ("0", "1"):
+        env = dict(os.environ, TF_ENABLE_ONEDNN_OPTS=onednn,
+                   TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
+        output = tmp_path / f"onednn{onednn}.npz"
+        run = subprocess.run([sys.executable, str(script), str(output)],
+                             env=env, capture_output=True, text=True,
+                             cwd=REPO_ROOT, timeout=300)
+        assert run.returncode == 0, run.stderr[-2000:]
+        results[onednn] = dict(np.load(output))
+    assert bool(results["0"]["space_to_batch"])
+    for key in ("kernel", "inputs"):
+        np.testing.assert_allclose(results["0"][key], results["1"][key],
+                                   rtol=1e-4, atol=1e-4)
