@@ -256,3 +256,92 @@ def test_dilated_conv_without_onednn_keeps_space_to_batch(tmp_path):
     for key in ("kernel", "inputs"):
         np.testing.assert_allclose(results["0"][key], results["1"][key],
                                    rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("kernel_size,rate,use_bias,jit_compile", [
+    (5, 1, False, True),   # the heads' depthwise convolutions, under XLA
+    (3, 2, True, True),    # dilated, with a bias
+    (5, 1, True, False),   # the graph path (Keras' DepthwiseConv2D)
+])
+def test_depthwise_conv_matches_brute_force_with_gradients(
+        kernel_size, rate, use_bias, jit_compile):
+    # Truth: a per-channel numpy loop over the taps of the zero-padded
+    # input; the kernel and input gradients of sum(out^2) likewise.
+    import tensorflow as tf
+    rng = np.random.RandomState(3)
+    height, width, channels = 7, 6, 4
+    x = rng.normal(size=(2, height, width, channels)).astype(np.float32)
+    layer = convolutions.DepthwiseConv2DSame(
+        kernel_size, atrous_rate=rate, use_bias=use_bias, name="d")
+    layer(x)
+    helpers.randomize_weights(layer)
+    kernel = layer._depthwise_conv.kernel.numpy().astype(np.float64)
+    assert kernel.shape == (kernel_size, kernel_size, channels, 1)
+
+    @tf.function(jit_compile=jit_compile)
+    def forward_backward(inputs):
+        with tf.GradientTape() as tape:
+            tape.watch(inputs)
+            out = layer(inputs)
+            loss = tf.reduce_sum(out * out)
+        return (out,) + tuple(tape.gradient(
+            loss, [layer._depthwise_conv.kernel, inputs]))
+
+    out, kernel_grad, input_grad = forward_backward(tf.constant(x))
+    pad = (kernel_size - 1) * rate // 2
+    padded = np.pad(x.astype(np.float64),
+                    [(0, 0), (pad, pad), (pad, pad), (0, 0)])
+    expected = np.zeros((2, height, width, channels))
+    for i in range(kernel_size):
+        for j in range(kernel_size):
+            expected += padded[:, i * rate:i * rate + height,
+                               j * rate:j * rate + width] * kernel[i, j, :, 0]
+    if use_bias:
+        expected += layer._depthwise_conv.bias.numpy()
+    expected_kernel_grad = np.zeros_like(kernel)
+    expected_input_grad = np.zeros_like(padded)
+    for i in range(kernel_size):
+        for j in range(kernel_size):
+            window = (slice(None), slice(i * rate, i * rate + height),
+                      slice(j * rate, j * rate + width))
+            expected_kernel_grad[i, j, :, 0] = np.einsum(
+                "bhwc,bhwc->c", padded[window], 2 * expected)
+            expected_input_grad[window] += 2 * expected * kernel[i, j, :, 0]
+    expected_input_grad = expected_input_grad[:, pad:pad + height,
+                                              pad:pad + width]
+    np.testing.assert_allclose(out.numpy(), expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(kernel_grad.numpy(), expected_kernel_grad,
+                               rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(input_grad.numpy(), expected_input_grad,
+                               rtol=1e-4, atol=1e-4)
+    assert out.shape == (2, height, width, channels)
+
+
+@pytest.mark.parametrize("jit_compile,accelerator", [
+    (False, None), (True, None), (True, "GPU"), (True, "TPU")])
+def test_depthwise_conv_op_only_outside_xla_on_cpu(jit_compile, accelerator,
+                                                   monkeypatch):
+    # Under XLA for a CPU the depthwise convolution is a sum of shifted
+    # copies (no DepthwiseConv2dNative op, whose XLA CPU code is slow);
+    # outside XLA, or where a GPU or TPU is present (faked here: none is
+    # on the test machine), it is Keras' DepthwiseConv2D, as in deeplab2.
+    import tensorflow as tf
+    real = tf.config.list_logical_devices
+
+    def list_logical_devices(device_type=None):
+        if accelerator is not None and device_type == accelerator:
+            return [tf.config.LogicalDevice(f"/device:{accelerator}:0",
+                                            accelerator)]
+        return real(device_type)
+
+    monkeypatch.setattr(tf.config, "list_logical_devices",
+                        list_logical_devices)
+    layer = convolutions.DepthwiseConv2DSame(5, use_bias=False, name="d")
+    x = tf.zeros([1, 9, 9, 3])
+    layer(x)
+    traced = tf.function(layer, jit_compile=jit_compile)
+    graph = traced.get_concrete_function(x).graph
+    types = {op.type for op in graph.get_operations()}
+    shifted_sum = jit_compile and accelerator is None
+    assert ("DepthwiseConv2dNative" in types) == (not shifted_sum)
+    assert graph.outputs[0].shape.as_list() == [1, 9, 9, 3]
