@@ -419,10 +419,11 @@ def _build_optimizer_and_step(setup: _Setup, config, model, loss_fn):
             type(setup.strategy).__name__)
     if jit and not tf.config.list_logical_devices("GPU"):
         # Measured (benchmarks/README.md, vs_deeplab2.py): XLA's CPU
-        # convolutions are slower than oneDNN's, so compiling costs time.
+        # convolutions and runtime are slower than oneDNN's, so compiling
+        # costs time.
         logging.warning(
             "use_xla: compiling the step for the CPU; on a CPU the compiled "
-            "MaX-DeepLab-S step measured 3 to 4.5 times slower than "
+            "MaX-DeepLab-S step measured about 1.4 times slower than "
             "without XLA (use_xla: false, the default, is faster here).")
     step = train_step_lib.TrainStep(
         model, loss_fn, model_optimizer,
