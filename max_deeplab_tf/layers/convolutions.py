@@ -312,7 +312,7 @@ class DepthwiseConv2DSame(_PaddedConvBNAct):
         # 129x129 the heads' 5x5 depthwise convolutions on 33x33x256 maps
         # took 20-40 ms each (a few MFLOP). As a sum of shifted, scaled
         # copies of the input, XLA fuses the pass and its gradient into a
-        # few loops; the step went 1.25 -> 1.04 s. Outside XLA, and under
+        # few loops; the XLA step went 1.25 -> 1.04 s. Outside XLA, and under
         # XLA for a GPU or TPU (whose depthwise convolutions are native;
         # not measured here), the depthwise convolution stays, as in
         # deeplab2.

@@ -108,6 +108,22 @@ def test_stacked_conv_attribute_names_follow_deeplab2():
     assert layer(x).shape == (1, 5, 5, 8)
 
 
+def _output_and_gradients(layer, kernel, x, jit_compile):
+    """The layer's output on x and the gradients of sum(output^2) with
+    respect to kernel and x, from a tf.function (XLA if jit_compile)."""
+    import tensorflow as tf
+
+    @tf.function(jit_compile=jit_compile)
+    def forward_backward(inputs):
+        with tf.GradientTape() as tape:
+            tape.watch(inputs)
+            out = layer(inputs)
+            loss = tf.reduce_sum(out * out)
+        return (out,) + tuple(tape.gradient(loss, [kernel, inputs]))
+
+    return forward_backward(tf.constant(x))
+
+
 @pytest.mark.parametrize("height,width,rate,use_bias,jit_compile", [
     (9, 9, 12, False, False),  # the ASPP at a 129x129 crop: past both sides
     (9, 9, 9, True, False),    # rate equal to the size: still only padding
@@ -135,16 +151,8 @@ def test_atrous_conv_past_the_feature_map_matches_the_full_kernel(
     if use_bias:
         expected = expected + layer._conv.bias.numpy()
 
-    @tf.function(jit_compile=jit_compile)
-    def forward_backward(inputs):
-        with tf.GradientTape() as tape:
-            tape.watch(inputs)
-            out = layer(inputs)
-            loss = tf.reduce_sum(out * out)
-        return (out,) + tuple(tape.gradient(
-            loss, [layer._conv.kernel, inputs]))
-
-    out, grad, input_grad = forward_backward(tf.constant(x))
+    out, grad, input_grad = _output_and_gradients(
+        layer, layer._conv.kernel, x, jit_compile)
     np.testing.assert_allclose(out.numpy(), expected, rtol=1e-5, atol=1e-5)
     # d loss / d kernel[i, j, c, o] = sum 2 out * x shifted by the tap;
     # d loss / d x scatters 2 out through each tap back onto the input.
@@ -278,16 +286,8 @@ def test_depthwise_conv_matches_brute_force_with_gradients(
     kernel = layer._depthwise_conv.kernel.numpy().astype(np.float64)
     assert kernel.shape == (kernel_size, kernel_size, channels, 1)
 
-    @tf.function(jit_compile=jit_compile)
-    def forward_backward(inputs):
-        with tf.GradientTape() as tape:
-            tape.watch(inputs)
-            out = layer(inputs)
-            loss = tf.reduce_sum(out * out)
-        return (out,) + tuple(tape.gradient(
-            loss, [layer._depthwise_conv.kernel, inputs]))
-
-    out, kernel_grad, input_grad = forward_backward(tf.constant(x))
+    out, kernel_grad, input_grad = _output_and_gradients(
+        layer, layer._depthwise_conv.kernel, x, jit_compile)
     pad = (kernel_size - 1) * rate // 2
     padded = np.pad(x.astype(np.float64),
                     [(0, 0), (pad, pad), (pad, pad), (0, 0)])
