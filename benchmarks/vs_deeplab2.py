@@ -330,6 +330,18 @@ def summarise(rows, rounds):
     return table
 
 
+def _cpu_model() -> str:
+    """The CPU's model name (Linux), which the figures depend on."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--deeplab2_path",
@@ -415,7 +427,11 @@ def main():
             report = {
                 "benchmark": "vs_deeplab2",
                 "machine": platform.processor() or platform.machine(),
-                "cpu_count": os.cpu_count(),
+                "cpu_model": _cpu_model(), "cpu_count": os.cpu_count(),
+                # TensorFlow's oneDNN switch for both sides (unset: its
+                # default for this CPU), which decides the kernels.
+                "TF_ENABLE_ONEDNN_OPTS": os.environ.get(
+                    "TF_ENABLE_ONEDNN_OPTS"),
                 "deeplab2_path": args.deeplab2_path,
                 "deeplab2_commit": _git_commit(args.deeplab2_path),
                 "crop": args.crop, "batch_size": args.batch_size,

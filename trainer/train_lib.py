@@ -28,6 +28,8 @@ learning-rate schedule continue exactly.
 """
 
 import dataclasses
+import os
+import platform
 import time
 from typing import Any, Callable, Dict, Optional
 
@@ -35,6 +37,7 @@ from absl import logging
 import keras
 import orbit
 import tensorflow as tf
+from tensorflow.python.util import _pywrap_util_port
 
 from max_deeplab_tf import cli
 from max_deeplab_tf import model as model_lib
@@ -391,6 +394,20 @@ def set_up(mode: str, config, model_dir: str, tpu: Optional[str],
                   descriptor=descriptor)
 
 
+def _onednn_left_off() -> bool:
+    """Whether this is an x86 CPU-only process in which TensorFlow left
+    oneDNN off by its own default (it turns it on only for CPUs with
+    AVX-512 VNNI or BF16, AVX-VNNI or AMX) and the user did not choose."""
+    if "TF_ENABLE_ONEDNN_OPTS" in os.environ:
+        return False
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return False
+    if (tf.config.list_logical_devices("GPU")
+            or tf.config.list_logical_devices("TPU")):
+        return False
+    return not _pywrap_util_port.IsMklEnabled()
+
+
 def _build_optimizer_and_step(setup: _Setup, config, model, loss_fn):
     """The optimizer(s) (slots built, so that a restore fills them) and the
     train step, under the strategy's scope."""
@@ -419,12 +436,18 @@ def _build_optimizer_and_step(setup: _Setup, config, model, loss_fn):
             type(setup.strategy).__name__)
     if jit and not tf.config.list_logical_devices("GPU"):
         # Measured (benchmarks/README.md, vs_deeplab2.py): XLA's CPU
-        # convolutions and runtime are slower than oneDNN's, so compiling
-        # costs time.
+        # convolutions and runtime are slower than oneDNN's and Eigen's
+        # kernels, so compiling costs time.
         logging.warning(
             "use_xla: compiling the step for the CPU; on a CPU the compiled "
-            "MaX-DeepLab-S step measured about 1.4 times slower than "
+            "MaX-DeepLab-S step measured 1.2-1.4 times slower than "
             "without XLA (use_xla: false, the default, is faster here).")
+    if not jit and _onednn_left_off():
+        logging.info(
+            "oneDNN is off (TensorFlow's default on this CPU); setting "
+            "TF_ENABLE_ONEDNN_OPTS=1 before starting made the MaX-DeepLab-S "
+            "train step 1.3-1.4 times faster on an AMD EPYC with AVX2 "
+            "(benchmarks/README.md)")
     step = train_step_lib.TrainStep(
         model, loss_fn, model_optimizer,
         config.train_dataset_options.batch_size,

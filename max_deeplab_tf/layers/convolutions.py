@@ -60,7 +60,10 @@ def native_dilation_differentiable(dtype: tf.DType) -> bool:
     exist under XLA (CPU, GPU, TPU), in oneDNN and in cuDNN. Only the plain
     CPU kernels lack them, so the op is used when compiling with XLA, or in
     float32 when oneDNN is on (oneDNN takes bfloat16 only on CPUs that have
-    it, and float16 not at all).
+    it, and float16 not at all). TensorFlow turns oneDNN on by default only
+    on CPUs with AVX-512 VNNI or BF16, AVX-VNNI or AMX (not, e.g., an AMD
+    EPYC with AVX2); elsewhere `Conv2DSame` uses `dilated_conv2d_as_matmul`
+    where space-to-batch's tiles would be small.
 
     Args:
       dtype: The convolution's compute dtype.
@@ -71,6 +74,76 @@ def native_dilation_differentiable(dtype: tf.DType) -> bool:
     if in_xla_compilation():
         return True
     return dtype == tf.float32 and _pywrap_util_port.IsMklEnabled()
+
+
+# Where a dilated convolution cannot be one `Conv2D` op, space-to-batch
+# convolves [rate^2 * batch] tiles of about ceil(size / rate) pixels across.
+# With TensorFlow's own (Eigen) CPU kernels, small tiles are slow: for the
+# ASPP's 3x3 rate-6 branch on [2048 -> 256] channels, forward and both
+# gradients, an AMD EPYC (AVX2, oneDNN off by default) took 661 ms on two
+# 9x9 maps (tiles of 2) against 71 ms as one matmul over the shifted copies
+# (im2col); 1.4x slower at tiles of 4-5 (21x21, 25x25; rate 12 on 41x41),
+# and faster than the matmul from tiles of 6 (33x33: 394 against 455 ms;
+# 41x41: 501 against 688 ms). benchmarks/README.md has the table.
+MAX_SPACE_TO_BATCH_TILE_FOR_MATMUL = 5
+
+
+def dilated_conv2d_as_matmul(x: tf.Tensor, kernel: tf.Tensor,
+                             dilations) -> tf.Tensor:
+    """A stride-1 'same' dilated convolution as one matmul (im2col).
+
+    The input is padded as 'same' pads it, and the kernel_height *
+    kernel_width copies of it shifted by (i, j) * dilations are concatenated
+    along the channels (tap-major, so that they line up with the kernel's
+    [kernel_height * kernel_width * in_channels, out_channels] reshape).
+    The same values as `tf.nn.conv2d` up to the order of summation; its
+    gradients are matmuls and slices, differentiable on every device.
+
+    Args:
+      x: A [batch, height, width, in_channels] tensor.
+      kernel: A [kernel_height, kernel_width, in_channels, out_channels]
+        tensor of x's dtype.
+      dilations: (rate along the height, rate along the width).
+
+    Returns:
+      A [batch, height, width, out_channels] tensor.
+    """
+    kernel_height, kernel_width, in_channels, out_channels = kernel.shape
+    rate_h, rate_w = dilations
+    pad_h = (kernel_height - 1) * rate_h
+    pad_w = (kernel_width - 1) * rate_w
+    padded = tf.pad(x, [[0, 0], [pad_h // 2, pad_h - pad_h // 2],
+                        [pad_w // 2, pad_w - pad_w // 2], [0, 0]])
+    dynamic_shape = tf.shape(x)
+    height = x.shape[1] if x.shape[1] is not None else dynamic_shape[1]
+    width = x.shape[2] if x.shape[2] is not None else dynamic_shape[2]
+    columns = tf.concat(
+        [padded[:, i * rate_h:i * rate_h + height,
+                j * rate_w:j * rate_w + width, :]
+         for i in range(kernel_height) for j in range(kernel_width)],
+        axis=-1)
+    taps_and_channels = kernel_height * kernel_width * in_channels
+    y = tf.matmul(tf.reshape(columns, [-1, taps_and_channels]),
+                  tf.reshape(kernel, [taps_and_channels, out_channels]))
+    return tf.reshape(y, tf.concat([dynamic_shape[:3], [out_channels]], 0))
+
+
+def space_to_batch_tiles_are_small(x: tf.Tensor, dilations) -> bool:
+    """Whether space-to-batch would cut x into tiles at most
+    MAX_SPACE_TO_BATCH_TILE_FOR_MATMUL pixels across along every dilated
+    axis (static sizes only).
+
+    Args:
+      x: A [batch, height, width, channels] tensor.
+      dilations: (rate along the height, rate along the width).
+    """
+    for size, rate in zip(x.shape[1:3], dilations):
+        if rate == 1:
+            continue
+        if size is None or -(-size // rate) > (
+                MAX_SPACE_TO_BATCH_TILE_FOR_MATMUL):
+            return False
+    return True
 
 
 def conv_bn_act_name(index: int, use_bn: bool, activation: Optional[str]) -> str:
@@ -226,13 +299,16 @@ class Conv2DSame(_PaddedConvBNAct):
         # same values (and the same zero gradients for those taps) come
         # from the centre taps alone, for a ninth of the work. A dilation
         # that remains is one Conv2D op where its gradient can be taken
-        # (native_dilation_differentiable), else Keras' space-to-batch.
+        # (native_dilation_differentiable), else one matmul where
+        # space-to-batch's tiles would be small, else Keras' space-to-batch.
         taps = self._taps_in_reach(x)
         dilations = [1 if t == 1 else self.atrous_rate for t in taps]
         full = taps == (self.kernel_size, self.kernel_size)
-        native = (self.strides == 1 and max(dilations) > 1
-                  and native_dilation_differentiable(x.dtype))
-        if full and not native:
+        dilated = self.strides == 1 and max(dilations) > 1
+        native = dilated and native_dilation_differentiable(x.dtype)
+        as_matmul = (dilated and not native
+                     and space_to_batch_tiles_are_small(x, dilations))
+        if full and not native and not as_matmul:
             return self._conv(x)
         if not self._conv.built:
             self._conv.build(x.shape)
@@ -248,6 +324,8 @@ class Conv2DSame(_PaddedConvBNAct):
         if native:
             y = tf.nn.conv2d(x, kernel, strides=1, padding="SAME",
                              dilations=dilations)
+        elif as_matmul:
+            y = dilated_conv2d_as_matmul(x, kernel, dilations)
         else:
             y = tf.nn.convolution(x, kernel, padding="SAME",
                                   dilations=dilations)

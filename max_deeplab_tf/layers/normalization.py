@@ -10,7 +10,7 @@ provides the multi-axis case with the same four variables and shapes.
 
 `batch_norm(...)` is the factory every layer of this package uses:
 `BatchNormalization` (Keras's, synchronized=True by default as deeplab2's
-SyncBatchNormalization, computed by one fused op) for one axis,
+SyncBatchNormalization, training computed by one fused op) for one axis,
 MultiAxisBatchNormalization otherwise.
 Its options travel as a plain dict, `batch_norm_config`, so that every layer
 stays serialisable.
@@ -232,39 +232,43 @@ class MultiAxisBatchNormalization(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package="max_deeplab_tf")
 class BatchNormalization(keras.layers.BatchNormalization):
-    """keras.layers.BatchNormalization computed by one fused op.
+    """keras.layers.BatchNormalization whose training is one fused op.
 
-    On a channels-last input, inference and (unless the statistics must be
-    synchronised across several replicas) training run as one
-    FusedBatchNormV3, with FusedBatchNormGradV3 as its gradient, instead of
-    Keras's dozen element-wise ops and reductions, which the graph had to
-    trace, optimise, run and keep for the backward pass one by one. In
-    inference TensorFlow's graph optimiser (grappler's remapper) also folds
-    it, and a following ReLU, into the convolution before it (oneDNN's fused
-    convolution on CPU). Same formula, same variables and moving-average
-    update as Keras's layer; synchronised training across replicas, masks
-    and renorm take Keras's own path.
+    On a channels-last input, training (unless the statistics must be
+    synchronised across several replicas) runs as one FusedBatchNormV3,
+    with FusedBatchNormGradV3 as its gradient, instead of Keras's dozen
+    element-wise ops and reductions, which the graph had to trace, optimise,
+    run and keep for the backward pass one by one. Same formula, same
+    variables and moving-average update as Keras's layer; synchronised
+    training across replicas, masks and renorm take Keras's own path.
+
+    Inference takes Keras's own path (a scale and an offset per channel, as
+    deeplab2's layer): as one FusedBatchNormV3, grappler's remapper folds
+    it and a following ReLU into the convolution before it, and oneDNN runs
+    that fused convolution about 20 times slower on CPUs without AVX-512
+    (an AMD EPYC with AVX2 and oneDNN on: a MaX-DeepLab-S forward at 641x641
+    took 17 s against 2.2 s; benchmarks/README.md). oneDNN is on by default
+    on CPUs with AVX-VNNI, some without AVX-512, and wherever the user sets
+    TF_ENABLE_ONEDNN_OPTS=1.
     """
 
     def call(self, inputs, training=None, mask=None):
         rank = len(inputs.shape)
-        if (mask is not None or self.renorm or rank < 2
-                or self.axis not in (-1, rank - 1)):
-            return super().call(inputs, training=training, mask=mask)
         training = bool(training and self.trainable)
         replica_context = tf.distribute.get_replica_context()
-        if (training and self.synchronized and replica_context is not None
-                and replica_context.num_replicas_in_sync > 1):
+        if (not training or mask is not None or self.renorm or rank < 2
+                or self.axis not in (-1, rank - 1)
+                or (self.synchronized and replica_context is not None
+                    and replica_context.num_replicas_in_sync > 1)):
             return super().call(inputs, training=training, mask=mask)
-        return self._fused_call(inputs, training)
+        return self._fused_training_call(inputs)
 
-    def _fused_call(self, inputs, training):
-        """Normalises with FusedBatchNormV3.
+    def _fused_training_call(self, inputs):
+        """Normalises with the batch's statistics by FusedBatchNormV3 and
+        updates the moving ones.
 
         Args:
           inputs: A [..., channels] tensor of rank >= 2.
-          training: Normalise with the batch's statistics and update the
-            moving ones (True), or with the moving ones (False).
 
         Returns:
           The normalised tensor, in the layer's compute dtype.
@@ -282,25 +286,19 @@ class BatchNormalization(keras.layers.BatchNormalization):
                  else tf.ones_like(moving_mean))
         offset = (tf.cast(self.beta, "float32") if self.center
                   else tf.zeros_like(moving_mean))
-        if training:
-            outputs, mean, unbiased_variance = (
-                tf.compat.v1.nn.fused_batch_norm(
-                    x, scale, offset, epsilon=self.epsilon,
-                    data_format="NHWC", is_training=True))
-            # The op normalises with the biased variance but returns the
-            # unbiased one; Keras's moving average takes the biased one.
-            count = tf.cast(tf.size(x) // channels, "float32")
-            variance = unbiased_variance * tf.math.divide_no_nan(
-                count - 1.0, count)
-            self.moving_mean.assign(
-                moving_mean * self.momentum + mean * (1.0 - self.momentum))
-            self.moving_variance.assign(
-                moving_variance * self.momentum
-                + variance * (1.0 - self.momentum))
-        else:
-            outputs, _, _ = tf.compat.v1.nn.fused_batch_norm(
-                x, scale, offset, mean=moving_mean, variance=moving_variance,
-                epsilon=self.epsilon, data_format="NHWC", is_training=False)
+        outputs, mean, unbiased_variance = tf.compat.v1.nn.fused_batch_norm(
+            x, scale, offset, epsilon=self.epsilon, data_format="NHWC",
+            is_training=True)
+        # The op normalises with the biased variance but returns the
+        # unbiased one; Keras's moving average takes the biased one.
+        count = tf.cast(tf.size(x) // channels, "float32")
+        variance = unbiased_variance * tf.math.divide_no_nan(
+            count - 1.0, count)
+        self.moving_mean.assign(
+            moving_mean * self.momentum + mean * (1.0 - self.momentum))
+        self.moving_variance.assign(
+            moving_variance * self.momentum
+            + variance * (1.0 - self.momentum))
         if len(inputs.shape) != 4:
             outputs = tf.reshape(outputs, tf.shape(inputs))
         return tf.cast(outputs, self.compute_dtype)
@@ -321,7 +319,7 @@ def batch_norm(axis: Union[int, Sequence[int]] = -1, name: Optional[str] = None,
         (see `default_batch_norm_config`).
 
     Returns:
-      BatchNormalization (Keras's, computed by one fused op) for a single
+      BatchNormalization (Keras's, training by one fused op) for a single
       axis, synchronised across replicas unless batch_norm_config says
       otherwise; else a MultiAxisBatchNormalization.
     """

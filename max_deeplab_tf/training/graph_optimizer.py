@@ -9,8 +9,7 @@ issue 14). On a GPU its layout optimiser (NCHW convolutions) and remapper
 (batch norm fused with its activation) are what TensorFlow relies on for
 speed (not measured here: no GPU), so grappler stays on wherever a GPU or
 TPU is present. Inference functions (evaluation, export, Predictor) always
-keep it: there the remapper folds each batch norm and ReLU into its
-convolution.
+keep it.
 
 Grappler's on/off switch is process-wide (`tf.config.optimizer`), and a
 function is optimised with the options of its first run, which are part of

@@ -182,9 +182,16 @@ def test_reproduces_deeplab2_on_its_outputs(jit_compile):
                                       err_msg=key)
     for key in (common.PRED_INSTANCE_SCORES_KEY,
                 common.PRED_SEMANTIC_SCORES_KEY):
-        np.testing.assert_allclose(got[key].numpy(), reference[key],
-                                   atol=0 if not jit_compile else 1e-5,
-                                   err_msg=key)
+        if jit_compile:
+            np.testing.assert_allclose(got[key].numpy(), reference[key],
+                                       atol=1e-5, err_msg=key)
+        else:
+            # Bit for bit on an Intel Xeon with AVX-512, where the fixture
+            # was written; TensorFlow's softmax and exp kernels for another
+            # vector width round differently in the last bits (up to 5 ulp
+            # on an AMD EPYC with AVX2, on 60% of the scores).
+            np.testing.assert_array_max_ulp(got[key].numpy(),
+                                            reference[key], maxulp=8)
     # The fixture README's segment list.
     ids, counts = np.unique(got[common.PRED_PANOPTIC_KEY].numpy(),
                             return_counts=True)

@@ -53,6 +53,20 @@ def _assert_same(a, b):
                                       err_msg=attr)
 
 
+def _assert_same_across_batch_sizes(a, b):
+    """The same label maps, and scores equal to the last bits: TensorFlow's
+    own (Eigen) CPU convolutions split their work by batch size, so an
+    image's float outputs in a batch of 2 may differ from those of the
+    image alone by rounding (2 ulp seen on an AMD EPYC, where TensorFlow
+    leaves oneDNN off; with oneDNN they were equal)."""
+    for attr, _ in MAPS:
+        got, want = getattr(a, attr), getattr(b, attr)
+        if np.issubdtype(want.dtype, np.floating):
+            np.testing.assert_array_max_ulp(got, want, maxulp=4)
+        else:
+            np.testing.assert_array_equal(got, want, err_msg=attr)
+
+
 def test_import_of_the_package_stays_light():
     code = ("import sys, max_deeplab_tf; "
             "assert hasattr(max_deeplab_tf, 'Predictor'); "
@@ -132,12 +146,12 @@ def test_batches_array_and_list_of_sizes(tiny_export):
     results = batched(images)
     assert isinstance(results, list) and len(results) == 3
     for image, result in zip(images, results):
-        _assert_same(result, batched(image))
+        _assert_same_across_batch_sizes(result, batched(image))
     mixed = [images[0], _image(50, 30, seed=5), Image.fromarray(images[2])]
     results = batched(mixed)
     assert [r.panoptic.shape for r in results] == [(64, 80), (50, 30),
                                                    (64, 80)]
-    _assert_same(results[1], batched(mixed[1]))
+    _assert_same_across_batch_sizes(results[1], batched(mixed[1]))
 
 
 def test_overlay_is_the_blend_with_a_legend(predictor):

@@ -124,20 +124,28 @@ def _output_and_gradients(layer, kernel, x, jit_compile):
     return forward_backward(tf.constant(x))
 
 
-@pytest.mark.parametrize("height,width,rate,use_bias,jit_compile", [
-    (9, 9, 12, False, False),  # the ASPP at a 129x129 crop: past both sides
-    (9, 9, 9, True, False),    # rate equal to the size: still only padding
-    (5, 11, 6, True, False),   # past the height only: 1x3 atrous
-    (5, 11, 6, True, True),
-    (9, 9, 6, False, False),   # within reach: the full kernel
-    (9, 9, 6, True, True),
+@pytest.mark.parametrize("height,width,rate,use_bias,jit_compile,native", [
+    (9, 9, 12, False, False, None),  # the ASPP at a 129 crop: past both sides
+    (9, 9, 9, True, False, None),    # rate equal to the size: only padding
+    (5, 11, 6, True, False, None),   # past the height only: 1x3 atrous
+    (5, 11, 6, True, False, False),  # ... as one matmul (no dilated Conv2D)
+    (5, 11, 6, True, True, None),
+    (9, 9, 6, False, False, None),   # within reach: the full kernel
+    (9, 9, 6, False, False, False),  # ... as one matmul
+    (9, 9, 6, True, True, None),
+    (13, 13, 2, True, False, False),  # tiles of 7: space-to-batch
 ])
 def test_atrous_conv_past_the_feature_map_matches_the_full_kernel(
-        height, width, rate, use_bias, jit_compile):
+        height, width, rate, use_bias, jit_compile, native, monkeypatch):
     # Truth: the brute-force numpy convolution with the whole 3x3 kernel
     # (its outer taps read zero padding), values, kernel and input
-    # gradients, in a tf.function with and without XLA.
+    # gradients, in a tf.function with and without XLA. native=False
+    # takes the path of a TensorFlow without oneDNN whatever this machine
+    # has (None: as the machine decides).
     import tensorflow as tf
+    if native is not None:
+        monkeypatch.setattr(convolutions, "native_dilation_differentiable",
+                            lambda dtype: native)
     rng = np.random.RandomState(1)
     x = rng.normal(size=(2, height, width, 3)).astype(np.float32)
     layer = convolutions.Conv2DSame(4, 3, atrous_rate=rate,
@@ -206,11 +214,14 @@ def _dilated_conv_graph_ops(jit_compile):
 
 @pytest.mark.parametrize("jit_compile", [False, True])
 def test_dilated_conv_is_one_conv2d_op_where_differentiable(jit_compile):
-    # The suite runs on x86 Linux, where oneDNN is on: one Conv2D op with
+    # Under XLA, and without it where oneDNN is on: one Conv2D op with
     # dilations (and its two gradient ops), no space-to-batch rewrite.
+    # TensorFlow turns oneDNN on by default only on CPUs with AVX-512 VNNI
+    # or BF16, AVX-VNNI or AMX; test_dilated_conv_paths_with_and_without_
+    # onednn runs both settings on any machine.
     from tensorflow.python.util import _pywrap_util_port
     if not jit_compile and not _pywrap_util_port.IsMklEnabled():
-        pytest.skip("oneDNN is off in this TensorFlow build")
+        pytest.skip("oneDNN is off in this process")
     ops = _dilated_conv_graph_ops(jit_compile)
     types = [op.type for op in ops]
     assert "SpaceToBatchND" not in types and "BatchToSpaceND" not in types
@@ -221,20 +232,124 @@ def test_dilated_conv_is_one_conv2d_op_where_differentiable(jit_compile):
     assert "Conv2DBackpropFilter" in types
 
 
-def test_dilated_conv_without_onednn_keeps_space_to_batch(tmp_path):
-    # TensorFlow's own CPU kernels cannot differentiate a dilated Conv2D:
-    # with oneDNN off the layer must keep Keras' space-to-batch, and the
-    # gradient must run (and equal the oneDNN process's gradient).
+def _taps_reference(x, kernel, dilations):
+    """Brute force of a stride-1 'same' dilated convolution in float64:
+    the output, and the gradients of sum(output^2) with respect to the
+    kernel and the input, tap by tap."""
+    kernel_height, kernel_width = kernel.shape[:2]
+    rate_h, rate_w = dilations
+    pad_h, pad_w = (kernel_height - 1) * rate_h, (kernel_width - 1) * rate_w
+    _, height, width, _ = x.shape
+    padded = np.pad(x.astype(np.float64),
+                    [(0, 0), (pad_h // 2, pad_h - pad_h // 2),
+                     (pad_w // 2, pad_w - pad_w // 2), (0, 0)])
+    windows = {(i, j): (slice(None), slice(i * rate_h, i * rate_h + height),
+                        slice(j * rate_w, j * rate_w + width))
+               for i in range(kernel_height) for j in range(kernel_width)}
+    out = sum(np.einsum("bhwc,co->bhwo", padded[w], kernel[tap])
+              for tap, w in windows.items())
+    kernel_grad = np.zeros(kernel.shape)
+    padded_grad = np.zeros_like(padded)
+    for (i, j), w in windows.items():
+        kernel_grad[i, j] = np.einsum("bhwc,bhwo->co", padded[w], 2 * out)
+        padded_grad[w] += np.einsum("bhwo,co->bhwc", 2 * out, kernel[i, j])
+    input_grad = padded_grad[:, pad_h // 2:pad_h // 2 + height,
+                             pad_w // 2:pad_w // 2 + width]
+    return out, kernel_grad, input_grad
+
+
+@pytest.mark.parametrize("shape,kernel_hw,dilations", [
+    ((2, 9, 9, 5), (3, 3), (6, 6)),    # the ASPP's rate 6 at a 129 crop
+    ((1, 7, 11, 3), (3, 3), (2, 3)),   # different rates per axis
+    ((2, 5, 11, 4), (1, 3), (1, 6)),   # one row of taps (rate past height)
+    ((1, 6, 8, 2), (5, 3), (2, 1)),    # even sizes, a taller kernel
+])
+def test_dilated_conv_as_matmul_matches_brute_force(shape, kernel_hw,
+                                                    dilations):
+    import tensorflow as tf
+    rng = np.random.RandomState(3)
+    x = rng.normal(size=shape).astype(np.float32)
+    kernel = rng.normal(size=kernel_hw + (shape[3], 4)).astype(np.float32)
+    expected = _taps_reference(x, kernel.astype(np.float64), dilations)
+    kernel_var = tf.Variable(kernel)
+
+    @tf.function
+    def forward_backward(inputs):
+        with tf.GradientTape() as tape:
+            tape.watch(inputs)
+            out = convolutions.dilated_conv2d_as_matmul(
+                inputs, kernel_var, dilations)
+            loss = tf.reduce_sum(out * out)
+        return (out,) + tuple(tape.gradient(loss, [kernel_var, inputs]))
+
+    for got, want in zip(forward_backward(tf.constant(x)), expected):
+        np.testing.assert_allclose(got.numpy(), want, rtol=1e-4, atol=1e-4)
+    # TensorFlow's own dilated convolution (its forward runs everywhere).
+    np.testing.assert_allclose(
+        convolutions.dilated_conv2d_as_matmul(x, kernel, dilations).numpy(),
+        tf.nn.conv2d(x, kernel, 1, "SAME", dilations=dilations).numpy(),
+        rtol=1e-5, atol=1e-5)
+    # Unknown height and width (traced with a None shape) give the same.
+    dynamic = tf.function(
+        lambda inputs: convolutions.dilated_conv2d_as_matmul(
+            inputs, kernel, dilations),
+        input_signature=[tf.TensorSpec([None, None, None, shape[3]])])
+    np.testing.assert_allclose(dynamic(x).numpy(), expected[0], rtol=1e-4,
+                               atol=1e-4)
+
+
+@pytest.mark.parametrize("size,rate,expected", [
+    (9, 6, True),     # tiles of 2: the 129 crop's ASPP rate 6
+    (30, 6, True),    # tiles of 5
+    (31, 6, False),   # tiles of 6
+    (41, 12, True),   # the 641 crop's rate 12: tiles of 4
+    (41, 6, False),   # the 641 crop's rate 6: tiles of 7
+])
+def test_space_to_batch_tile_size_picks_the_matmul(size, rate, expected):
+    import tensorflow as tf
+    x = tf.zeros([1, size, size, 1])
+    assert convolutions.space_to_batch_tiles_are_small(
+        x, (rate, rate)) is expected
+    # An axis without dilation does not count.
+    assert convolutions.space_to_batch_tiles_are_small(
+        tf.zeros([1, 100, size, 1]), (1, rate)) is expected
+    # A size unknown when traced cannot be checked: space-to-batch stays.
+    assert not convolutions.space_to_batch_tiles_are_small(
+        _unknown_size_input(), (rate, rate))
+
+
+def _unknown_size_input():
+    """A symbolic [1, None, None, 1] tensor (traced, unknown height)."""
+    import tensorflow as tf
+    holder = {}
+
+    @tf.function(input_signature=[tf.TensorSpec([1, None, None, 1])])
+    def trace(t):
+        holder["x"] = t
+        return t
+
+    trace.get_concrete_function()
+    return holder["x"]
+
+
+def test_dilated_conv_paths_with_and_without_onednn(tmp_path):
+    # TensorFlow's own CPU kernels cannot differentiate a dilated Conv2D
+    # (oneDNN is off by default on CPUs without AVX-512 VNNI or BF16,
+    # AVX-VNNI or AMX, e.g. an AMD EPYC with AVX2): without oneDNN the
+    # layer is one matmul where space-to-batch's tiles are small (7x7 at
+    # rate 2: tiles of 4) and Keras' space-to-batch otherwise (13x13:
+    # tiles of 7); with oneDNN it is one dilated Conv2D. The gradients
+    # agree across all of them.
     import subprocess
     import sys
     script = tmp_path / "probe.py"
     script.write_text(
-        "import numpy as np, tensorflow as tf\n"
+        "import sys, numpy as np, tensorflow as tf\n"
         "from max_deeplab_tf.layers import convolutions\n"
-        "tf.random.set_seed(0)\n"
+        "size = int(sys.argv[2])\n"
         "layer = convolutions.Conv2DSame(4, 3, atrous_rate=2, name='c')\n"
         "x = tf.constant(np.random.RandomState(0).normal(\n"
-        "    size=(1, 7, 7, 3)).astype(np.float32))\n"
+        "    size=(1, size, size, 3)).astype(np.float32))\n"
         "layer(x)\n"
         "layer._conv.kernel.assign(np.random.RandomState(1).normal(\n"
         "    size=(3, 3, 3, 4)).astype(np.float32))\n"
@@ -244,26 +359,40 @@ def test_dilated_conv_without_onednn_keeps_space_to_batch(tmp_path):
         "        tape.watch(inputs)\n"
         "        loss = tf.reduce_sum(layer(inputs) ** 2)\n"
         "    return tape.gradient(loss, [layer._conv.kernel, inputs])\n"
-        "types = [op.type for op in\n"
-        "         grads.get_concrete_function(x).graph.get_operations()]\n"
+        "ops = grads.get_concrete_function(x).graph.get_operations()\n"
+        "dilated = [op for op in ops if op.type == 'Conv2D'\n"
+        "           and list(op.get_attr('dilations')) == [1, 2, 2, 1]]\n"
         "g = grads(x)\n"
-        "np.savez(__import__('sys').argv[1], kernel=g[0].numpy(),\n"
-        "         inputs=g[1].numpy(),\n"
-        "         space_to_batch='SpaceToBatchND' in types)\n")
+        "np.savez(sys.argv[1], kernel=g[0].numpy(), inputs=g[1].numpy(),\n"
+        "         space_to_batch=any(op.type == 'SpaceToBatchND'\n"
+        "                            for op in ops),\n"
+        "         matmul=any(op.type == 'MatMul' for op in ops),\n"
+        "         dilated_conv=bool(dilated))\n")
     results = {}
-    for onednn in ("0", "1"):
-        env = dict(os.environ, TF_ENABLE_ONEDNN_OPTS=onednn,
-                   TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
-        output = tmp_path / f"onednn{onednn}.npz"
-        run = subprocess.run([sys.executable, str(script), str(output)],
-                             env=env, capture_output=True, text=True,
-                             cwd=REPO_ROOT, timeout=300)
-        assert run.returncode == 0, run.stderr[-2000:]
-        results[onednn] = dict(np.load(output))
-    assert bool(results["0"]["space_to_batch"])
-    for key in ("kernel", "inputs"):
-        np.testing.assert_allclose(results["0"][key], results["1"][key],
-                                   rtol=1e-4, atol=1e-4)
+    for size in (7, 13):
+        for onednn in ("0", "1"):
+            env = dict(os.environ, TF_ENABLE_ONEDNN_OPTS=onednn,
+                       TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
+            output = tmp_path / f"onednn{onednn}_{size}.npz"
+            run = subprocess.run(
+                [sys.executable, str(script), str(output), str(size)],
+                env=env, capture_output=True, text=True, cwd=REPO_ROOT,
+                timeout=300)
+            assert run.returncode == 0, run.stderr[-2000:]
+            results[onednn, size] = dict(np.load(output))
+    for size in (7, 13):
+        with_onednn = results["1", size]
+        assert bool(with_onednn["dilated_conv"])
+        assert not bool(with_onednn["space_to_batch"])
+    small, large = results["0", 7], results["0", 13]
+    assert bool(small["matmul"]) and not bool(small["space_to_batch"])
+    assert not bool(small["dilated_conv"])
+    assert bool(large["space_to_batch"]) and not bool(large["matmul"])
+    for size in (7, 13):
+        for key in ("kernel", "inputs"):
+            np.testing.assert_allclose(results["0", size][key],
+                                       results["1", size][key],
+                                       rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("kernel_size,rate,use_bias,jit_compile", [

@@ -208,6 +208,30 @@ def test_use_xla_compiles_the_step_on_one_device(caplog):
     assert np.isfinite(result["train"]["losses/total_loss"])
 
 
+@pytest.mark.parametrize("machine,mkl,env,devices,expected", [
+    ("x86_64", False, None, [], True),      # e.g. an AMD EPYC with AVX2
+    ("AMD64", False, None, [], True),
+    ("x86_64", True, None, [], False),      # oneDNN on by default
+    ("x86_64", False, "0", [], False),      # the user chose
+    ("x86_64", True, "1", [], False),
+    ("aarch64", False, None, [], False),    # not an x86 CPU
+    ("x86_64", False, None, ["GPU"], False),
+])
+def test_onednn_hint_only_where_tensorflow_left_it_off(
+        machine, mkl, env, devices, expected, monkeypatch):
+    monkeypatch.setattr(train_lib.platform, "machine", lambda: machine)
+    monkeypatch.setattr(train_lib._pywrap_util_port, "IsMklEnabled",
+                        lambda: mkl)
+    monkeypatch.setattr(
+        train_lib.tf.config, "list_logical_devices",
+        lambda kind=None: ["device"] if kind in devices else [])
+    if env is None:
+        monkeypatch.delenv("TF_ENABLE_ONEDNN_OPTS", raising=False)
+    else:
+        monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", env)
+    assert train_lib._onednn_left_off() is expected
+
+
 def test_global_batch_must_divide_over_replicas():
     class FakeStrategy:
         num_replicas_in_sync = 3
