@@ -82,9 +82,10 @@ def native_dilation_differentiable(dtype: tf.DType) -> bool:
 # ASPP's 3x3 rate-6 branch on [2048 -> 256] channels, forward and both
 # gradients, an AMD EPYC (AVX2, oneDNN off by default) took 661 ms on two
 # 9x9 maps (tiles of 2) against 71 ms as one matmul over the shifted copies
-# (im2col); 1.4x slower at tiles of 4-5 (21x21, 25x25; rate 12 on 41x41),
-# and faster than the matmul from tiles of 6 (33x33: 394 against 455 ms;
-# 41x41: 501 against 688 ms). benchmarks/README.md has the table.
+# (im2col); space-to-batch was still 1.3-1.4 times slower at tiles of 4-5
+# (21x21 and 25x25 at rate 6, 41x41 at rate 12) and faster than the matmul
+# from tiles of 6 (33x33: 394 against 455 ms; 41x41: 501 against 688 ms).
+# benchmarks/README.md has the table.
 MAX_SPACE_TO_BATCH_TILE_FOR_MATMUL = 5
 
 
