@@ -446,14 +446,9 @@ def test_depthwise_conv_matches_brute_force_with_gradients(
     assert out.shape == (2, height, width, channels)
 
 
-@pytest.mark.parametrize("jit_compile,accelerator", [
-    (False, None), (True, None), (True, "GPU"), (True, "TPU")])
-def test_depthwise_conv_op_only_outside_xla_on_cpu(jit_compile, accelerator,
-                                                   monkeypatch):
-    # Under XLA for a CPU the depthwise convolution is a sum of shifted
-    # copies (no DepthwiseConv2dNative op, whose XLA CPU code is slow);
-    # outside XLA, or where a GPU or TPU is present (faked here: none is
-    # on the test machine), it is Keras' DepthwiseConv2D, as in deeplab2.
+def _fake_accelerator(monkeypatch, accelerator):
+    """Makes tf.config.list_logical_devices report `accelerator` ('GPU',
+    'TPU' or None) besides the real devices."""
     import tensorflow as tf
     real = tf.config.list_logical_devices
 
@@ -465,6 +460,18 @@ def test_depthwise_conv_op_only_outside_xla_on_cpu(jit_compile, accelerator,
 
     monkeypatch.setattr(tf.config, "list_logical_devices",
                         list_logical_devices)
+
+
+@pytest.mark.parametrize("jit_compile,accelerator", [
+    (False, None), (True, None), (True, "GPU"), (True, "TPU")])
+def test_depthwise_conv_op_only_outside_xla_on_cpu(jit_compile, accelerator,
+                                                   monkeypatch):
+    # Under XLA for a CPU the depthwise convolution is a sum of shifted
+    # copies (no DepthwiseConv2dNative op, whose XLA CPU code is slow);
+    # outside XLA, or where a GPU or TPU is present (faked here: none is
+    # on the test machine), it is Keras' DepthwiseConv2D, as in deeplab2.
+    import tensorflow as tf
+    _fake_accelerator(monkeypatch, accelerator)
     layer = convolutions.DepthwiseConv2DSame(5, use_bias=False, name="d")
     x = tf.zeros([1, 9, 9, 3])
     layer(x)
@@ -474,3 +481,77 @@ def test_depthwise_conv_op_only_outside_xla_on_cpu(jit_compile, accelerator,
     shifted_sum = jit_compile and accelerator is None
     assert ("DepthwiseConv2dNative" in types) == (not shifted_sum)
     assert graph.outputs[0].shape.as_list() == [1, 9, 9, 3]
+
+
+@pytest.mark.parametrize("strides,size", [(1, 7), (2, 9), (2, 8)])
+@pytest.mark.parametrize("jit_compile,accelerator", [
+    (False, None), (True, None), (True, "GPU")])
+def test_pointwise_conv_is_a_matmul_under_xla_on_cpu(
+        strides, size, jit_compile, accelerator, monkeypatch):
+    # Under XLA for a CPU a 1x1 Conv2DSame is a MatMul (no Conv2D op, whose
+    # input gradient made XLA transpose the kernel); elsewhere Keras'
+    # Conv2D, as in deeplab2. Either way: the values and both gradients of
+    # a brute-force 1x1 convolution reading pixels 0, s, 2s, ...
+    import tensorflow as tf
+    _fake_accelerator(monkeypatch, accelerator)
+    rng = np.random.RandomState(3)
+    x = rng.normal(size=(2, size, size, 5)).astype(np.float32)
+    layer = convolutions.Conv2DSame(4, 1, strides=strides, use_bias=True,
+                                    name="p")
+    layer(x)
+    helpers.randomize_weights(layer)
+    kernel = layer._conv.kernel.numpy()
+    bias = layer._conv.bias.numpy()
+
+    @tf.function(jit_compile=jit_compile)
+    def forward_backward(inputs):
+        with tf.GradientTape() as tape:
+            tape.watch(inputs)
+            out = layer(inputs)
+            loss = tf.reduce_sum(tf.square(out))
+        return (out,) + tuple(tape.gradient(
+            loss, [inputs, layer._conv.kernel, layer._conv.bias]))
+
+    x_tf = tf.constant(x)
+    graph = forward_backward.get_concrete_function(x_tf).graph
+    types = {op.type for op in graph.get_operations()}
+    as_matmul = jit_compile and accelerator is None
+    assert ("Conv2D" in types) == (not as_matmul)
+    assert ("MatMul" in types) == as_matmul
+    out, input_grad, kernel_grad, bias_grad = forward_backward(x_tf)
+
+    sampled = x[:, ::strides, ::strides]
+    expected = np.einsum("bhwi,io->bhwo", sampled, kernel[0, 0]) + bias
+    expected_input_grad = np.zeros_like(x)
+    expected_input_grad[:, ::strides, ::strides] = np.einsum(
+        "bhwo,io->bhwi", 2 * expected, kernel[0, 0])
+    np.testing.assert_allclose(out.numpy(), expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(input_grad.numpy(), expected_input_grad,
+                               rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        kernel_grad.numpy()[0, 0],
+        np.einsum("bhwi,bhwo->io", sampled, 2 * expected),
+        rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(bias_grad.numpy(),
+                               (2 * expected).sum(axis=(0, 1, 2)),
+                               rtol=1e-4, atol=1e-4)
+    assert out.shape == (2, -(-size // strides), -(-size // strides), 4)
+
+
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_conv1d_bn_kernel_one_is_a_matmul_under_xla_on_cpu(jit_compile):
+    import tensorflow as tf
+    rng = np.random.RandomState(4)
+    x = rng.normal(size=(2, 6, 5)).astype(np.float32)
+    layer = convolutions.Conv1DBN(3, use_bias=True, name="m")
+    layer(x)
+    helpers.randomize_weights(layer)
+    traced = tf.function(lambda t: layer(t), jit_compile=jit_compile)
+    x_tf = tf.constant(x)
+    types = {op.type for op in
+             traced.get_concrete_function(x_tf).graph.get_operations()}
+    assert ("MatMul" in types) == jit_compile
+    expected = (np.einsum("bli,io->blo", x, layer._conv.kernel.numpy()[0])
+                + layer._conv.bias.numpy())
+    np.testing.assert_allclose(traced(x_tf).numpy(), expected,
+                               rtol=1e-5, atol=1e-5)
