@@ -15,12 +15,13 @@ from typing import Any, Dict, Optional
 
 import keras
 import tensorflow as tf
-from tensorflow.python.ops import control_flow_util
 from tensorflow.python.util import _pywrap_util_port
 
 from max_deeplab_tf.layers import activations
 from max_deeplab_tf.layers import base
 from max_deeplab_tf.layers import normalization
+from max_deeplab_tf.layers.xla_context import in_xla_compilation
+from max_deeplab_tf.layers.xla_context import xla_compiling_for_cpu
 
 
 def padding_size(kernel_size: int, atrous_rate: int):
@@ -29,21 +30,6 @@ def padding_size(kernel_size: int, atrous_rate: int):
     total = effective - 1
     begin = total // 2
     return begin, total - begin
-
-
-def in_xla_compilation() -> bool:
-    """Whether ops created now will be compiled by XLA (inside a function
-    with `jit_compile=True`, or a TPU computation)."""
-    return control_flow_util.GraphOrParentsInXlaContext(
-        tf.compat.v1.get_default_graph())
-
-
-def xla_compiling_for_cpu() -> bool:
-    """Whether ops created now will be compiled by XLA for a CPU: inside
-    an XLA compilation in a process without a GPU or TPU."""
-    return in_xla_compilation() and not (
-        tf.config.list_logical_devices("GPU")
-        or tf.config.list_logical_devices("TPU"))
 
 
 def native_dilation_differentiable(dtype: tf.DType) -> bool:

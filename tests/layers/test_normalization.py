@@ -311,3 +311,59 @@ def test_single_axis_training_gradients_match_the_formula():
     for a, e in zip(actual, expected):
         np.testing.assert_allclose(a.numpy(), e.numpy(), rtol=1e-4,
                                    atol=1e-4)
+
+
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_single_axis_training_under_xla_matches_the_formula(jit_compile):
+    # Under XLA for a CPU (this test machine) the fused op sees the input
+    # flattened to [-1, 1, 1, channels] (XLA's CPU reductions over batch,
+    # height and width were slow); outside XLA the 4-D input itself. The
+    # same values, moving statistics and gradients either way: against
+    # numpy, and the float64 formula differentiated by TensorFlow.
+    layer = normalization.BatchNormalization(epsilon=1e-3, momentum=0.9)
+    shape = (2, 5, 6, 7)
+    layer.build(shape)
+    helpers.randomize_weights(layer)
+    rng = np.random.RandomState(9)
+    x = rng.normal(2.0, 3.0, shape).astype("float32")
+    upstream = rng.normal(size=shape).astype("float32")
+    out, moving_mean, moving_variance = _numpy_training(layer, x)
+
+    gamma = tf.constant(layer.gamma.numpy(), tf.float64)
+    beta = tf.constant(layer.beta.numpy(), tf.float64)
+    x64 = tf.constant(x, tf.float64)
+    with tf.GradientTape() as tape:
+        tape.watch([x64, gamma, beta])
+        mean, variance = tf.nn.moments(x64, axes=[0, 1, 2])
+        reference = tf.reduce_sum(
+            ((x64 - mean) * tf.math.rsqrt(variance + 1e-3) * gamma + beta)
+            * upstream)
+    expected_grads = tape.gradient(reference, [x64, gamma, beta])
+
+    @tf.function(jit_compile=jit_compile)
+    def forward_backward(inputs):
+        with tf.GradientTape() as tape:
+            tape.watch(inputs)
+            outputs = layer(inputs, training=True)
+            loss = tf.reduce_sum(outputs * upstream)
+        return (outputs,) + tuple(
+            tape.gradient(loss, [inputs, layer.gamma, layer.beta]))
+
+    graph = forward_backward.get_concrete_function(
+        tf.TensorSpec(shape, tf.float32)).graph
+    fused = [op for op in graph.get_operations()
+             if op.type == "FusedBatchNormV3"]
+    assert len(fused) == 1
+    expected_shape = [60, 1, 1, 7] if jit_compile else list(shape)
+    assert fused[0].inputs[0].shape.as_list() == expected_shape
+
+    outputs, *grads = forward_backward(tf.constant(x))
+    np.testing.assert_allclose(outputs.numpy(), out, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(layer.moving_mean.numpy(), moving_mean,
+                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(layer.moving_variance.numpy(),
+                               moving_variance, rtol=1e-5, atol=1e-5)
+    for actual, expected in zip(grads, expected_grads):
+        np.testing.assert_allclose(actual.numpy(), expected.numpy(),
+                                   rtol=1e-4, atol=1e-4)
+    assert outputs.shape == shape
