@@ -281,6 +281,22 @@ def test_single_axis_training_matches_numpy(shape):
                                atol=1e-5)
 
 
+def _formula_gradients(layer, x, upstream):
+    """Gradients of sum(batch_norm(x) * upstream) with respect to x, gamma
+    and beta: the written-out training formula (batch statistics over all
+    but the last axis, the layer's epsilon) in float64, differentiated by
+    TensorFlow."""
+    gamma = tf.constant(layer.gamma.numpy(), tf.float64)
+    beta = tf.constant(layer.beta.numpy(), tf.float64)
+    x64 = tf.constant(x, tf.float64)
+    with tf.GradientTape() as tape:
+        tape.watch([x64, gamma, beta])
+        mean, variance = tf.nn.moments(x64, axes=list(range(x.ndim - 1)))
+        normalized = (x64 - mean) * tf.math.rsqrt(variance + layer.epsilon)
+        reference = tf.reduce_sum((normalized * gamma + beta) * upstream)
+    return tape.gradient(reference, [x64, gamma, beta])
+
+
 def test_single_axis_training_gradients_match_the_formula():
     # Gradients of the fused op (FusedBatchNormGradV3) against automatic
     # differentiation of the written-out formula in float64.
@@ -291,18 +307,7 @@ def test_single_axis_training_gradients_match_the_formula():
     rng = np.random.RandomState(8)
     x = rng.normal(1.0, 3.0, shape).astype("float32")
     upstream = rng.normal(size=shape).astype("float32")
-    gamma = tf.constant(layer.gamma.numpy(), tf.float64)
-    beta = tf.constant(layer.beta.numpy(), tf.float64)
-
-    def formula(x, gamma, beta):
-        mean, variance = tf.nn.moments(x, axes=[0, 1, 2])
-        return (x - mean) * tf.math.rsqrt(variance + 1e-3) * gamma + beta
-
-    x64 = tf.constant(x, tf.float64)
-    with tf.GradientTape() as tape:
-        tape.watch([x64, gamma, beta])
-        reference = tf.reduce_sum(formula(x64, gamma, beta) * upstream)
-    expected = tape.gradient(reference, [x64, gamma, beta])
+    expected = _formula_gradients(layer, x, upstream)
     x32 = tf.constant(x)
     with tf.GradientTape() as tape:
         tape.watch(x32)
@@ -328,17 +333,7 @@ def test_single_axis_training_under_xla_matches_the_formula(jit_compile):
     x = rng.normal(2.0, 3.0, shape).astype("float32")
     upstream = rng.normal(size=shape).astype("float32")
     out, moving_mean, moving_variance = _numpy_training(layer, x)
-
-    gamma = tf.constant(layer.gamma.numpy(), tf.float64)
-    beta = tf.constant(layer.beta.numpy(), tf.float64)
-    x64 = tf.constant(x, tf.float64)
-    with tf.GradientTape() as tape:
-        tape.watch([x64, gamma, beta])
-        mean, variance = tf.nn.moments(x64, axes=[0, 1, 2])
-        reference = tf.reduce_sum(
-            ((x64 - mean) * tf.math.rsqrt(variance + 1e-3) * gamma + beta)
-            * upstream)
-    expected_grads = tape.gradient(reference, [x64, gamma, beta])
+    expected_grads = _formula_gradients(layer, x, upstream)
 
     @tf.function(jit_compile=jit_compile)
     def forward_backward(inputs):
