@@ -129,7 +129,8 @@ def pointwise_conv_as_matmul(x: tf.Tensor, kernel: tf.Tensor,
     dump). A matmul's input gradient is a matmul with `transpose_b`, which
     XLA's CPU backend passes to Eigen as a flag: the transposes went, the
     dots took 74 ms more, and the XLA step went 1.61 / 1.69 -> 1.56 /
-    1.58 s (2 alternating pairs on an AMD EPYC). Forward values are the
+    1.58 s (2 alternating pairs on an AMD EPYC, with Conv2DSame's 1x1
+    convolutions only; Conv1DBN's were added after). Forward values are the
     convolution's (XLA lowers a 1x1 convolution to the same dot). Not used
     outside XLA, where TensorFlow's own 1x1 convolution is a matmul
     already, nor under XLA for a GPU or TPU (not measured).
