@@ -435,9 +435,9 @@ def _build_optimizer_and_step(setup: _Setup, config, model, loss_fn):
             "--tf_xla_auto_jit=2 for XLA auto-clustering instead.",
             type(setup.strategy).__name__)
     if jit and not tf.config.list_logical_devices("GPU"):
-        # Measured (benchmarks/README.md, vs_deeplab2.py): XLA's CPU
-        # convolutions and runtime are slower than oneDNN's and Eigen's
-        # kernels, so compiling costs time.
+        # Measured (benchmarks/README.md, vs_deeplab2.py): XLA's CPU code
+        # for reductions and layout changes is slower than oneDNN's and
+        # Eigen's kernels, so compiling costs time.
         logging.warning(
             "use_xla: compiling the step for the CPU; on a CPU the compiled "
             "MaX-DeepLab-S step measured 1.04-1.4 times slower than "

@@ -78,3 +78,23 @@ def bilinear_align_corners(x, out_h, out_w):
                             + dy * (1 - dx) * x[:, y1, x0]
                             + dy * dx * x[:, y1, x1])
     return out
+
+
+def fake_accelerator(monkeypatch, accelerator):
+    """Makes tf.config.list_logical_devices report exactly `accelerator`
+    ('GPU', 'TPU' or None) as the process's accelerator, whatever the
+    machine has, so that device-dependent tracing is tested the same on a
+    CPU-only machine and on one with a GPU."""
+    import tensorflow as tf
+    real = tf.config.list_logical_devices
+
+    def list_logical_devices(device_type=None):
+        if device_type in ("GPU", "TPU"):
+            if device_type != accelerator:
+                return []
+            return [tf.config.LogicalDevice(f"/device:{accelerator}:0",
+                                            accelerator)]
+        return real(device_type)
+
+    monkeypatch.setattr(tf.config, "list_logical_devices",
+                        list_logical_devices)

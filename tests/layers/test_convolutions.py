@@ -446,32 +446,16 @@ def test_depthwise_conv_matches_brute_force_with_gradients(
     assert out.shape == (2, height, width, channels)
 
 
-def _fake_accelerator(monkeypatch, accelerator):
-    """Makes tf.config.list_logical_devices report `accelerator` ('GPU',
-    'TPU' or None) besides the real devices."""
-    import tensorflow as tf
-    real = tf.config.list_logical_devices
-
-    def list_logical_devices(device_type=None):
-        if accelerator is not None and device_type == accelerator:
-            return [tf.config.LogicalDevice(f"/device:{accelerator}:0",
-                                            accelerator)]
-        return real(device_type)
-
-    monkeypatch.setattr(tf.config, "list_logical_devices",
-                        list_logical_devices)
-
-
 @pytest.mark.parametrize("jit_compile,accelerator", [
     (False, None), (True, None), (True, "GPU"), (True, "TPU")])
 def test_depthwise_conv_op_only_outside_xla_on_cpu(jit_compile, accelerator,
                                                    monkeypatch):
     # Under XLA for a CPU the depthwise convolution is a sum of shifted
     # copies (no DepthwiseConv2dNative op, whose XLA CPU code is slow);
-    # outside XLA, or where a GPU or TPU is present (faked here: none is
-    # on the test machine), it is Keras' DepthwiseConv2D, as in deeplab2.
+    # outside XLA, or where a GPU or TPU is present (the devices the layer
+    # sees are faked), it is Keras' DepthwiseConv2D, as in deeplab2.
     import tensorflow as tf
-    _fake_accelerator(monkeypatch, accelerator)
+    helpers.fake_accelerator(monkeypatch, accelerator)
     layer = convolutions.DepthwiseConv2DSame(5, use_bias=False, name="d")
     x = tf.zeros([1, 9, 9, 3])
     layer(x)
@@ -493,7 +477,7 @@ def test_pointwise_conv_is_a_matmul_under_xla_on_cpu(
     # Conv2D, as in deeplab2. Either way: the values and both gradients of
     # a brute-force 1x1 convolution reading pixels 0, s, 2s, ...
     import tensorflow as tf
-    _fake_accelerator(monkeypatch, accelerator)
+    helpers.fake_accelerator(monkeypatch, accelerator)
     rng = np.random.RandomState(3)
     x = rng.normal(size=(2, size, size, 5)).astype(np.float32)
     layer = convolutions.Conv2DSame(4, 1, strides=strides, use_bias=True,

@@ -319,12 +319,15 @@ def test_single_axis_training_gradients_match_the_formula():
 
 
 @pytest.mark.parametrize("jit_compile", [False, True])
-def test_single_axis_training_under_xla_matches_the_formula(jit_compile):
-    # Under XLA for a CPU (this test machine) the fused op sees the input
-    # flattened to [-1, 1, 1, channels] (XLA's CPU reductions over batch,
-    # height and width were slow); outside XLA the 4-D input itself. The
+def test_single_axis_training_under_xla_matches_the_formula(jit_compile,
+                                                         monkeypatch):
+    # Under XLA for a CPU (the process is made to see no GPU or TPU) the
+    # fused op sees the input flattened to [-1, 1, 1, channels] (XLA's CPU
+    # reductions over batch, height and width were slow); outside XLA the
+    # 4-D input itself. The
     # same values, moving statistics and gradients either way: against
     # numpy, and the float64 formula differentiated by TensorFlow.
+    helpers.fake_accelerator(monkeypatch, None)
     layer = normalization.BatchNormalization(epsilon=1e-3, momentum=0.9)
     shape = (2, 5, 6, 7)
     layer.build(shape)
