@@ -398,12 +398,16 @@ def test_dilated_conv_paths_with_and_without_onednn(tmp_path):
 @pytest.mark.parametrize("kernel_size,rate,use_bias,jit_compile", [
     (5, 1, False, True),   # the heads' depthwise convolutions, under XLA
     (3, 2, True, True),    # dilated, with a bias
+    (4, 1, False, True),   # even: one more zero after than before
+    (2, 3, False, True),   # even and dilated: padding 1 before, 2 after
+    (3, 4, False, True),   # taps past the map
     (5, 1, True, False),   # the graph path (Keras' DepthwiseConv2D)
 ])
 def test_depthwise_conv_matches_brute_force_with_gradients(
         kernel_size, rate, use_bias, jit_compile):
     # Truth: a per-channel numpy loop over the taps of the zero-padded
-    # input; the kernel and input gradients of sum(out^2) likewise.
+    # input (padded as TensorFlow's 'same': the odd zero after); the kernel
+    # and input gradients of sum(out^2) likewise.
     import tensorflow as tf
     rng = np.random.RandomState(3)
     height, width, channels = 7, 6, 4
@@ -417,9 +421,10 @@ def test_depthwise_conv_matches_brute_force_with_gradients(
 
     out, kernel_grad, input_grad = _output_and_gradients(
         layer, layer._depthwise_conv.kernel, x, jit_compile)
-    pad = (kernel_size - 1) * rate // 2
+    total = (kernel_size - 1) * rate
+    pad = total // 2
     padded = np.pad(x.astype(np.float64),
-                    [(0, 0), (pad, pad), (pad, pad), (0, 0)])
+                    [(0, 0), (pad, total - pad), (pad, total - pad), (0, 0)])
     expected = np.zeros((2, height, width, channels))
     for i in range(kernel_size):
         for j in range(kernel_size):
@@ -444,6 +449,52 @@ def test_depthwise_conv_matches_brute_force_with_gradients(
     np.testing.assert_allclose(input_grad.numpy(), expected_input_grad,
                                rtol=1e-4, atol=1e-4)
     assert out.shape == (2, height, width, channels)
+
+
+@pytest.mark.parametrize("dtype,tolerance", [
+    ("float32", 1e-5), ("float16", 2e-2)])
+def test_depthwise_shifted_sum_traced_with_unknown_sizes(dtype, tolerance,
+                                                         monkeypatch):
+    # Truth: TensorFlow's own depthwise convolution and its gradients, in
+    # float64 outside XLA. Batch, height and width are unknown when the
+    # XLA function is traced (as in an exported model); the kernel
+    # gradient is one batched matmul, not a sum per tap.
+    import tensorflow as tf
+    helpers.fake_accelerator(monkeypatch, None)
+    rng = np.random.RandomState(5)
+    x = rng.normal(size=(3, 8, 5, 6))
+    kernel = rng.normal(size=(5, 5, 6, 1))
+    dy = rng.normal(size=x.shape)
+
+    def output_and_gradients(conv, x, kernel, dy):
+        with tf.GradientTape() as tape:
+            tape.watch([x, kernel])
+            out = conv(x, kernel)
+        return (out,) + tuple(tape.gradient(out, [x, kernel],
+                                            output_gradients=dy))
+
+    expected = output_and_gradients(
+        lambda x, k: tf.nn.depthwise_conv2d(x, k, [1, 1, 1, 1], "SAME"),
+        *map(tf.constant, (x, kernel, dy)))
+    spec = tf.TensorSpec([None, None, None, 6], dtype)
+    traced = tf.function(
+        lambda x, k, dy: output_and_gradients(
+            convolutions.depthwise_conv_as_shifted_sum, x, k, dy),
+        jit_compile=True,
+        input_signature=[spec, tf.TensorSpec([5, 5, 6, 1], dtype), spec])
+    got = traced(*(tf.constant(v, dtype) for v in (x, kernel, dy)))
+    for name, g, e in zip(["output", "input gradient", "kernel gradient"],
+                          got, expected):
+        assert g.dtype == dtype, name
+        scale = np.abs(e.numpy()).max()
+        np.testing.assert_allclose(g.numpy().astype(np.float64) / scale,
+                                   e.numpy() / scale, atol=tolerance,
+                                   err_msg=name)
+    types = [op.type for op in traced.get_concrete_function().graph
+             .get_operations()]
+    assert "DepthwiseConv2dNative" not in types
+    assert types.count("BatchMatMulV2") == 1
+    assert types.count("Sum") == 1  # the diagonals' sums
 
 
 @pytest.mark.parametrize("jit_compile,accelerator", [

@@ -297,16 +297,23 @@ def _formula_gradients(layer, x, upstream):
     return tape.gradient(reference, [x64, gamma, beta])
 
 
+def _randomized_layer_input_and_upstream(layer, shape, seed, mean):
+    """The layer built for shape with random weights, an input x ~
+    N(mean, 3) and an upstream gradient ~ N(0, 1), both float32."""
+    layer.build(shape)
+    helpers.randomize_weights(layer)
+    rng = np.random.RandomState(seed)
+    x = rng.normal(mean, 3.0, shape).astype("float32")
+    upstream = rng.normal(size=shape).astype("float32")
+    return layer, x, upstream
+
+
 def test_single_axis_training_gradients_match_the_formula():
     # Gradients of the fused op (FusedBatchNormGradV3) against automatic
     # differentiation of the written-out formula in float64.
-    layer = normalization.BatchNormalization(epsilon=1e-3)
-    shape = (2, 4, 5, 6)
-    layer.build(shape)
-    helpers.randomize_weights(layer)
-    rng = np.random.RandomState(8)
-    x = rng.normal(1.0, 3.0, shape).astype("float32")
-    upstream = rng.normal(size=shape).astype("float32")
+    layer, x, upstream = _randomized_layer_input_and_upstream(
+        normalization.BatchNormalization(epsilon=1e-3), (2, 4, 5, 6),
+        seed=8, mean=1.0)
     expected = _formula_gradients(layer, x, upstream)
     x32 = tf.constant(x)
     with tf.GradientTape() as tape:
@@ -324,17 +331,14 @@ def test_single_axis_training_under_xla_matches_the_formula(jit_compile,
     # Under XLA for a CPU (the process is made to see no GPU or TPU) the
     # fused op sees the input flattened to [-1, 1, 1, channels] (XLA's CPU
     # reductions over batch, height and width were slow); outside XLA the
-    # 4-D input itself. The
-    # same values, moving statistics and gradients either way: against
-    # numpy, and the float64 formula differentiated by TensorFlow.
+    # 4-D input itself. The same values, moving statistics and gradients
+    # either way: against numpy, and the float64 formula differentiated by
+    # TensorFlow.
     helpers.fake_accelerator(monkeypatch, None)
-    layer = normalization.BatchNormalization(epsilon=1e-3, momentum=0.9)
     shape = (2, 5, 6, 7)
-    layer.build(shape)
-    helpers.randomize_weights(layer)
-    rng = np.random.RandomState(9)
-    x = rng.normal(2.0, 3.0, shape).astype("float32")
-    upstream = rng.normal(size=shape).astype("float32")
+    layer, x, upstream = _randomized_layer_input_and_upstream(
+        normalization.BatchNormalization(epsilon=1e-3, momentum=0.9),
+        shape, seed=9, mean=2.0)
     out, moving_mean, moving_variance = _numpy_training(layer, x)
     expected_grads = _formula_gradients(layer, x, upstream)
 

@@ -60,6 +60,55 @@ def test_forward_compiles_with_xla(model):
     assert_same_outputs(compiled(images()), expected, tolerance=1e-4)
 
 
+def test_gradients_compile_with_xla(monkeypatch):
+    # Truth: the gradients TensorFlow's kernels give outside XLA. Under XLA
+    # for a CPU (the device view faked CPU-only) the depthwise
+    # convolutions, their gradients and the bilinear resizes are written
+    # as matmuls and shifted sums; the gradients must not change beyond
+    # float rounding.
+    layer_helpers.fake_accelerator(monkeypatch, None)
+    # Keras's initial weights (the randomised fixture's gradients overflow).
+    model = max_deeplab_tf.build_model(helpers.tiny_config())
+    model.build((None, 33, 33, 3))
+    outputs = {key: value for key, value
+               in model(images(), training=False).items()
+               if value.dtype.is_floating}
+    # A fixed random weighting of every float output: a loss linear in
+    # them, whose gradients reach every branch without overflowing.
+    rng = np.random.RandomState(1)
+    weights = {key: tf.constant(rng.normal(size=value.shape), value.dtype)
+               for key, value in outputs.items()}
+
+    def gradients(x):
+        with tf.GradientTape() as tape:
+            outputs = model(x, training=False)
+            loss = tf.add_n([tf.reduce_mean(outputs[key] * weight)
+                             for key, weight in weights.items()])
+        return tape.gradient(loss, model.trainable_variables)
+
+    graph = tf.function(gradients)
+    compiled = tf.function(gradients, jit_compile=True)
+    expected, actual = graph(images()), compiled(images())
+    for function, rewritten in [(graph, False), (compiled, True)]:
+        types = {op.type for op in function.get_concrete_function(
+            images()).graph.get_operations()}
+        assert ("DepthwiseConv2dNative" in types) != rewritten
+        assert ("ResizeBilinear" in types) != rewritten
+    nonzero = 0
+    for variable, a, e in zip(model.trainable_variables, actual, expected):
+        if e is None:
+            assert a is None, variable.path
+            continue
+        a, e = tf.convert_to_tensor(a).numpy(), tf.convert_to_tensor(e).numpy()
+        # Within 1e-4 of each variable's largest gradient (measured:
+        # 3.2e-6 at most); gradients that are zero outside XLA stay zero.
+        np.testing.assert_allclose(a, e, rtol=0,
+                                   atol=1e-4 * np.abs(e).max(),
+                                   err_msg=variable.path)
+        nonzero += bool(np.abs(e).max() > 0)
+    assert nonzero > 100
+
+
 @pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
 def test_mixed_precision_forward(policy):
     keras.mixed_precision.set_global_policy(policy)
