@@ -408,6 +408,24 @@ def _onednn_left_off() -> bool:
     return not _pywrap_util_port.IsMklEnabled()
 
 
+def _xla_on_cpu_message() -> str:
+    """What `use_xla` measured on a CPU with the kernels this process uses
+    (benchmarks/README.md, vs_deeplab2.py, MaX-DeepLab-S at 129x129):
+    oneDNN's kernels beat XLA's CPU code; TensorFlow's Eigen kernels, since
+    be58374, do not."""
+    if _pywrap_util_port.IsMklEnabled():
+        return ("use_xla: compiling the step for the CPU; with oneDNN on, as "
+                "here, the compiled MaX-DeepLab-S step measured 1.4 times "
+                "slower than without XLA on an Intel Xeon (at 26eb9bf, "
+                "before later XLA-for-CPU changes; use_xla: false, the "
+                "default, is likely faster here).")
+    return ("use_xla: compiling the step for the CPU; with oneDNN off, as "
+            "here, the compiled MaX-DeepLab-S step measured 0.89-0.96 times "
+            "the step without XLA on an AMD EPYC, and the step without XLA "
+            "but with TF_ENABLE_ONEDNN_OPTS=1 set before starting measured "
+            "faster than either.")
+
+
 def _build_optimizer_and_step(setup: _Setup, config, model, loss_fn):
     """The optimizer(s) (slots built, so that a restore fills them) and the
     train step, under the strategy's scope."""
@@ -435,13 +453,7 @@ def _build_optimizer_and_step(setup: _Setup, config, model, loss_fn):
             "--tf_xla_auto_jit=2 for XLA auto-clustering instead.",
             type(setup.strategy).__name__)
     if jit and not tf.config.list_logical_devices("GPU"):
-        # Measured (benchmarks/README.md, vs_deeplab2.py): XLA's CPU code
-        # for reductions and layout changes is slower than oneDNN's and
-        # Eigen's kernels, so compiling costs time.
-        logging.warning(
-            "use_xla: compiling the step for the CPU; on a CPU the compiled "
-            "MaX-DeepLab-S step measured 1.04-1.4 times slower than "
-            "without XLA (use_xla: false, the default, is faster here).")
+        logging.warning(_xla_on_cpu_message())
     if not jit and _onednn_left_off():
         logging.info(
             "oneDNN is off (TensorFlow's default on this CPU); setting "

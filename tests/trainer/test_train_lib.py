@@ -399,3 +399,20 @@ def test_record_experiment_writes_ours_and_keeps_a_foreign_file(tmp_path):
     assert (foreign / "experiment.textproto").read_text() == (
         'experiment_name: "mine"\n')
     assert [p.name for p in foreign.iterdir()] == ["experiment.textproto"]
+
+
+@pytest.mark.parametrize("mkl,expected", [
+    (True, "with oneDNN on, as here, the compiled MaX-DeepLab-S step "
+           "measured 1.4 times slower"),
+    (False, "with oneDNN off, as here, the compiled MaX-DeepLab-S step "
+            "measured 0.89-0.96 times"),
+])
+def test_xla_on_cpu_message_follows_the_kernels_in_use(mkl, expected,
+                                                       monkeypatch):
+    # The measured figures differ with oneDNN's kernels and Eigen's
+    # (benchmarks/README.md); the warning quotes the one that applies.
+    monkeypatch.setattr(train_lib._pywrap_util_port, "IsMklEnabled",
+                        lambda: mkl)
+    message = train_lib._xla_on_cpu_message()
+    assert message.startswith("use_xla: compiling the step for the CPU")
+    assert expected in message
