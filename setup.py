@@ -28,6 +28,10 @@ setuptools.setup(
         # libspng: decodes the PQ command's PNGs in about a quarter of Pillow's
         # time (benchmarks/README.md).
         'pyspng',
+        # zlib-ng: inflates the PNGs' image data for libspng, whose zlib
+        # took 1.6 ms a PNG on an AMD EPYC against 0.05 ms
+        # (benchmarks/README.md).
+        'zlib-ng',
         # Progress bars of the converter, predict and the PQ command.
         'tqdm',
         # The LiteRT interpreter: Predictor.from_tflite and the tests of the

@@ -784,3 +784,112 @@ def test_damaged_png_is_one_clear_error(tmp_path, damage):
     with pytest.raises(panoptic_quality.PanopticInputError,
                        match="damaged.png: not a readable PNG"):
         panoptic_quality.read_rgb_png(str(path))
+
+
+def _png_chunk(kind, body):
+    import struct
+    import zlib
+
+    return (struct.pack(">I", len(body)) + kind + body
+            + struct.pack(">I", zlib.crc32(kind + body)))
+
+
+def _png_from_stream(pixels, stream, idat_pieces=1, text=False):
+    """An 8-bit RGB PNG [H, W, 3] whose IDAT data is `stream` (any bytes,
+    chunk CRCs right), cut into `idat_pieces` IDAT chunks; with `text`, a
+    tEXt chunk before and after the image data."""
+    import struct
+
+    height, width, _ = pixels.shape
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    cuts = np.linspace(0, len(stream), idat_pieces + 1).astype(int)
+    idats = b"".join(_png_chunk(b"IDAT", stream[a:b])
+                     for a, b in zip(cuts[:-1], cuts[1:]))
+    note = _png_chunk(b"tEXt", b"Comment\x00made by a test") if text else b""
+    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + note
+            + idats + note + _png_chunk(b"IEND", b""))
+
+
+def _filtered_rows(pixels):
+    return b"".join(b"\x00" + row.tobytes() for row in pixels)
+
+
+def test_png_image_data_in_several_chunks_among_others(tmp_path):
+    # The image data is joined from every IDAT chunk and inflated at once;
+    # chunks before and after it are kept. Truth: the pixels written, and
+    # Pillow's reading of the same file.
+    import zlib
+
+    rng = np.random.RandomState(8)
+    pixels = rng.randint(0, 256, (23, 31, 3)).astype(np.uint8)
+    path = tmp_path / "pieces.png"
+    path.write_bytes(_png_from_stream(
+        pixels, zlib.compress(_filtered_rows(pixels)), idat_pieces=5,
+        text=True))
+    got = panoptic_quality.read_rgb_png(str(path))
+    np.testing.assert_array_equal(got, pixels)
+    np.testing.assert_array_equal(got, _pillow_rgb(path))
+
+
+@pytest.mark.parametrize("damage, message", [
+    # Chunk CRCs all right: only the zlib stream's own checks can tell.
+    ("adler32", "does not inflate"),
+    ("one_row_more", "inflates to more than 100 bytes, what its 8x4 header "
+                     "needs"),
+    ("one_row_less", "inflates to 75 bytes where its 8x4 header needs 100"),
+    ("stream_cut_short", "image data stream is cut short"),
+    ("no_image_data", "has no IDAT chunk"),
+])
+def test_png_image_data_that_does_not_fit_its_header_is_refused(
+        tmp_path, damage, message):
+    import zlib
+
+    rng = np.random.RandomState(9)
+    pixels = rng.randint(0, 256, (4, 8, 3)).astype(np.uint8)  # 4 x 25 bytes
+    # (a filter byte and 8 x 3 colour bytes a row)
+    rows = _filtered_rows(pixels)
+    stream = zlib.compress(rows)
+    if damage == "adler32":
+        stream = stream[:-1] + bytes([stream[-1] ^ 0xFF])
+    elif damage == "one_row_more":
+        stream = zlib.compress(rows + rows[:25])
+    elif damage == "one_row_less":
+        stream = zlib.compress(rows[:-25])
+    elif damage == "stream_cut_short":
+        # Every row inflates, but the stream's end and checksum are missing.
+        compressor = zlib.compressobj()
+        stream = compressor.compress(rows) + compressor.flush(zlib.Z_SYNC_FLUSH)
+    data = _png_from_stream(pixels, stream)
+    if damage == "no_image_data":
+        start = data.index(b"IDAT") - 4
+        end = start + 12 + len(stream)
+        data = data[:start] + data[end:]
+    path = tmp_path / "damaged.png"
+    path.write_bytes(data)
+    with pytest.raises(panoptic_quality.PanopticInputError,
+                       match=f"damaged.png: not a readable PNG: .*{message}"):
+        panoptic_quality.read_rgb_png(str(path))
+
+
+def test_png_rewritten_for_libspng_is_a_valid_png_of_the_same_pixels(
+        tmp_path):
+    # The file libspng is given (image data stored uncompressed) must be a
+    # PNG in its own right: its CRCs check, and Pillow, which checks CRCs
+    # and the zlib checksum, reads the pixels that were written.
+    import io
+
+    from PIL import Image
+
+    rng = np.random.RandomState(10)
+    pixels = np.repeat(rng.randint(0, 256, (12, 1, 3)), 50, axis=1).astype(
+        np.uint8)  # runs of one colour, as in panoptic PNGs
+    path = tmp_path / "runs.png"
+    Image.fromarray(pixels, "RGB").save(path)
+    data = path.read_bytes()
+    stored = panoptic_quality._with_image_data_stored(
+        data, panoptic_quality._checked_chunks(data))
+    assert len(stored) > len(data)  # no longer compressed
+    kinds = [kind for kind, _, _ in panoptic_quality._checked_chunks(stored)]
+    assert kinds.count(b"IDAT") == 1
+    with Image.open(io.BytesIO(stored)) as image:
+        np.testing.assert_array_equal(np.asarray(image), pixels)
