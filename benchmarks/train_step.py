@@ -2,6 +2,7 @@ r"""Speed and memory of the MaX-DeepLab training step.
 
     python benchmarks/train_step.py [--variants=tiny,max_deeplab_s]
         [--crop=129] [--batch_size=2] [--steps=5] [--xla=both]
+        [--precision=float32|mixed_float16|mixed_bfloat16]
 
 For each variant and XLA setting, a fresh process builds the model, the
 loss (with Hungarian matching), the optimizer and the trainer's TrainStep,
@@ -73,6 +74,7 @@ def synthetic_batch(batch_size, height, width, descriptor, max_thing_id,
 def child(args):
     """Measures one (variant, xla) setting; prints one JSON line."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import keras
     import tensorflow as tf
     import max_deeplab_tf
     from max_deeplab_tf import losses
@@ -93,6 +95,8 @@ def child(args):
     descriptor = dataset_info.get_dataset_descriptor(
         config.train_dataset_options.dataset)
     strategy = tf.distribute.get_strategy()
+    # As train_lib: the policy is set before the model is built.
+    keras.mixed_precision.set_global_policy(args.precision)
     model = max_deeplab_tf.build_model(config)
     model_lib.build_for_input_size(model, crop, crop)  # as train_lib
     loss = losses.MaXDeepLabLoss(config.trainer_options.loss_options,
@@ -104,6 +108,7 @@ def child(args):
     model_optimizer.build()
     step = train_step_lib.TrainStep(
         model, loss, model_optimizer, args.batch_size,
+        mixed_precision_policy=args.precision,
         jit_compile=args.xla == "on")
     batch = synthetic_batch(args.batch_size, crop, crop, descriptor,
                             config.train_dataset_options.max_thing_id)
@@ -133,6 +138,7 @@ def child(args):
             "GPU:0")["peak"] / 2 ** 20
     print("RESULT " + json.dumps({
         "variant": args.variant, "xla": args.xla, "crop": crop,
+        "precision": args.precision,
         "batch_size": args.batch_size,
         "parameters": int(sum(v.shape.num_elements()
                               for v in model.trainable_variables)),
@@ -153,6 +159,10 @@ def main():
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--xla", choices=["on", "off", "both"],
                         default="both")
+    parser.add_argument("--precision", default="float32",
+                        choices=["float32", "mixed_float16", "mixed_bfloat16"],
+                        help="Keras mixed-precision policy, as the trainer's "
+                        "trainer_options.mixed_precision_policy")
     parser.add_argument("--timeout", type=int, default=1200,
                         help="seconds per setting")
     parser.add_argument("--output",
@@ -176,7 +186,8 @@ def main():
                        f"--variant={variant}", f"--xla={xla}",
                        f"--crop={args.crop}",
                        f"--batch_size={args.batch_size}",
-                       f"--steps={args.steps}", f"--warmup={args.warmup}"]
+                       f"--steps={args.steps}", f"--warmup={args.warmup}",
+                       f"--precision={args.precision}"]
             env = dict(os.environ, PYTHONPATH=REPO_ROOT + os.pathsep
                        + os.environ.get("PYTHONPATH", ""))
             try:
