@@ -139,6 +139,7 @@ def child(args):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import numpy as np
     import tensorflow as tf
+    from tensorflow.python.util import _pywrap_util_port
     import max_deeplab_tf  # noqa: F401
     from max_deeplab_tf import common
     from max_deeplab_tf.inference import PostProcessor
@@ -153,7 +154,8 @@ def child(args):
     result = {"side": "ours", "work": work, "xla": args.xla,
               "parameters": int(sum(np.prod(v.shape)
                                     for v in model.trainable_variables)),
-              "tf_version": tf.__version__, "import_s": import_s}
+              "tf_version": tf.__version__, "import_s": import_s,
+              "onednn": _pywrap_util_port.IsMklEnabled()}
     if work == "train":
         step = parts["step"]
         batch = {key: tf.constant(data[role])
@@ -331,15 +333,27 @@ def summarise(rows, rounds):
 
 
 def _cpu_model() -> str:
-    """The CPU's model name (Linux), which the figures depend on."""
+    """The CPU's model name, family and model numbers, and its widest
+    vector instructions (Linux), which the figures depend on: TensorFlow
+    turns oneDNN on by default only with AVX-512 VNNI or BF16, AVX-VNNI or
+    AMX, and two 'AMD EPYC' machines of this project differed in both."""
+    fields = {}
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
+                if not line.strip():
+                    break  # the first processor is enough
     except OSError:
-        pass
-    return platform.processor() or platform.machine()
+        return platform.processor() or platform.machine()
+    flags = set(fields.get("flags", "").split())
+    vector = [flag for flag in ("avx2", "avx512f", "avx512_vnni",
+                                "avx512_bf16", "avx_vnni", "amx_tile")
+              if flag in flags]
+    return (f"{fields.get('model name', platform.machine())} (family "
+            f"{fields.get('cpu family', '?')}, model "
+            f"{fields.get('model', '?')}; {' '.join(vector) or 'no AVX2'})")
 
 
 def main():
