@@ -492,8 +492,7 @@ def _with_image_data_stored(data: bytes, chunks) -> bytes:
     idat = [i for i, (kind, _, _) in enumerate(chunks) if kind == b"IDAT"]
     if not idat:
         raise _DamagedPng("it has no IDAT chunk")
-    stream = b"".join(data[start + 8:end - 4]
-                      for _, start, end in chunks[idat[0]:idat[-1] + 1])
+    stream = b"".join(data[chunks[i][1] + 8:chunks[i][2] - 4] for i in idat)
     inflater = zlib_ng.decompressobj()
     try:
         filtered = inflater.decompress(stream, size + 1)
