@@ -52,7 +52,10 @@ PEAK_TFLOPS = {
     "A100": {"mixed_bfloat16": 312.0, "mixed_float16": 312.0,
              "float32": 156.0},
 }
-OUT_OF_MEMORY = ("ResourceExhausted", "OOM", "out of memory")
+# Lower-cased markers of an out-of-memory failure in a child's output
+# (TensorFlow's ResourceExhaustedError, XLA's RESOURCE_EXHAUSTED).
+OUT_OF_MEMORY = ("resourceexhausted", "resource_exhausted", "out of memory",
+                 "oom when allocating")
 
 
 def _config_overrides(crop):
@@ -183,7 +186,7 @@ def _train(args, precision, xla, forward_flops, peak):
                 result["model_tflops_per_s"] = achieved / 1e12
                 result["mfu"] = achieved / (peak * 1e12)
             return result
-        if not any(marker in error for marker in OUT_OF_MEMORY):
+        if not any(marker in error.lower() for marker in OUT_OF_MEMORY):
             return {"error": error.strip().splitlines()[-1]
                     if error.strip() else "failed"}
         tried.append(batch)

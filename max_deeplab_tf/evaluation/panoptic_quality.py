@@ -34,8 +34,8 @@ exit code 2 (the traceback with --verbose).
 Local paths are read with plain file I/O and TensorFlow is not imported;
 paths with a scheme (gs://, ...) are read through tf.io.gfile. PNGs are
 decoded by libspng after zlib-ng inflates their image data (`read_rgb_png`).
-The pixel counting works on runs of pixels over which neither map changes (found
-on the PNG bytes), not pixel by pixel: see `_runs_of_rgb`.
+The pixel counting works on runs of pixels over which neither map changes
+(found on the PNG bytes), not pixel by pixel: see `_runs_of_rgb`.
 """
 
 import argparse

@@ -20,7 +20,14 @@ def _gpu_module():
     return module
 
 
-def _fake_runs(gpu, monkeypatch, fits_up_to, other_error=None):
+XLA_OUT_OF_MEMORY = ("RESOURCE_EXHAUSTED: Out of memory while trying to "
+                     "allocate 12.50GiB.")
+TF_OUT_OF_MEMORY = ("tensorflow.python.framework.errors_impl."
+                    "ResourceExhaustedError: OOM when allocating tensor")
+
+
+def _fake_runs(gpu, monkeypatch, fits_up_to, other_error=None,
+               out_of_memory=TF_OUT_OF_MEMORY):
     """Children that run out of memory above `fits_up_to` images."""
     calls = []
 
@@ -31,17 +38,19 @@ def _fake_runs(gpu, monkeypatch, fits_up_to, other_error=None):
         if other_error:
             return None, other_error
         if batch > fits_up_to:
-            return None, ("Traceback ...\ntensorflow.python.framework."
-                          "errors_impl.ResourceExhaustedError: OOM when "
-                          "allocating tensor")
+            return None, "Traceback ...\n" + out_of_memory
         return {"batch_size": batch, "images_per_s": 10.0 * batch}, None
 
     monkeypatch.setattr(gpu, "_run", run)
     return calls
 
 
-def test_largest_batch_that_fits_is_measured_with_its_mfu(gpu, monkeypatch):
-    calls = _fake_runs(gpu, monkeypatch, fits_up_to=16)
+@pytest.mark.parametrize("out_of_memory", [TF_OUT_OF_MEMORY,
+                                           XLA_OUT_OF_MEMORY])
+def test_largest_batch_that_fits_is_measured_with_its_mfu(gpu, monkeypatch,
+                                                          out_of_memory):
+    calls = _fake_runs(gpu, monkeypatch, fits_up_to=16,
+                       out_of_memory=out_of_memory)
     args = gpu.argparse.Namespace(batch_sizes="48,32,16,8", crop=641,
                                   steps=3, timeout=10)
     row = gpu._train(args, "mixed_bfloat16", "on", forward_flops=2e11,
