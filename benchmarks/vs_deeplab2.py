@@ -30,7 +30,10 @@ Work:
                   processes.
   forward641      inference on one 641x641 image: the model only, and model
                   plus panoptic post-processing (deeplab2: its eval path;
-                  ours: model + inference.PostProcessor).
+                  ours: model + inference.PostProcessor). Also the float32
+                  floor: the FLOPs of our fetched forward pass at the best
+                  rate of a 2048x2048 matmul in the same process, against
+                  deeplab2's forward pass (row forward641_float32_floor).
 The train processes of a round run deeplab2, ours (XLA off), ours (XLA on);
 the next round reverses the order (A B C, C B A, ...) so that a load change
 hits both sides alike; forward641 processes alternate the same way. The
@@ -205,8 +208,60 @@ def child(args):
         result["build_s"] = time.perf_counter() - start
         from deeplab2_worker import timed_forward  # nothing of deeplab2
         result.update(timed_forward(forward, full, image, args.steps))
+        # The float32 floor of the forward pass on this machine: the FLOPs
+        # the fetched outputs need (both sides run the same model) at the
+        # best rate this process's matmul kernel reaches.
+        from max_deeplab_tf.tools import flops
+        concrete = forward.get_concrete_function(image)
+        result["forward_gflop"] = flops.graph_flops(
+            concrete.graph, outputs=concrete.outputs)["total"] / 1e9
+        result["matmul_gflops"] = matmul_gflops()
     from deeplab2_worker import print_result  # nothing of deeplab2
     print_result(result, PROCESS_START)
+
+
+def matmul_gflops(size=2048, calls=10):
+    """The best rate, in GFLOP/s, of a float32 [size, size] x [size, size]
+    matmul over `calls` calls in this process: about the most this
+    machine's kernels do with both cores on a shape they suit best."""
+    import tensorflow as tf
+    from deeplab2_worker import timed_calls  # imports nothing of deeplab2
+
+    matrix = tf.random.stateless_uniform([size, size], seed=[0, 1])
+    product = tf.function(lambda m: tf.matmul(m, m))
+    _, times = timed_calls(product, matrix, calls)
+    return 2 * size ** 3 / min(times) / 1e9
+
+
+def forward_floor(table, rows, rounds):
+    """Adds 'forward641_float32_floor' to `table`: per round, our forward
+    pass's FLOPs at the matmul rate measured in the same process (the
+    shortest time any float32 implementation of the same model could take
+    here), against deeplab2's measured forward pass of that round."""
+    floors, theirs, per_round, loads = [], [], [], []
+    for r in range(rounds):
+        ours = next((x for x in rows if x["label"] == "forward:ours"
+                     and x.get("round") == r and "forward_gflop" in x), None)
+        deeplab2 = next((x for x in rows if x["label"] == "forward:deeplab2"
+                         and x.get("round") == r and "forward_s" in x), None)
+        if ours is None or deeplab2 is None:
+            continue
+        floors.append(ours["forward_gflop"] / ours["matmul_gflops"])
+        theirs.append(deeplab2["forward_s"])
+        per_round.append(floors[-1] / theirs[-1])
+        loads += [ours["load_before"], ours["load_after"],
+                  deeplab2["load_before"], deeplab2["load_after"]]
+    if per_round:
+        table["forward641_float32_floor"] = {
+            "key": "forward_gflop / matmul_gflops (ours) against "
+                   "forward_s (deeplab2)",
+            "ours": floors, "deeplab2": theirs,
+            "ours_median": statistics.median(floors),
+            "deeplab2_median": statistics.median(theirs),
+            "ratio_of_medians": ratio(statistics.median(floors),
+                                      statistics.median(theirs)),
+            "ratio_per_round": per_round,
+            "load_average_range": [min(loads), max(loads)]}
 
 
 # --------------------------------------------------------------------------
@@ -329,6 +384,7 @@ def summarise(rows, rounds):
                                       statistics.median(theirs_values)),
             "ratio_per_round": per_round,
             "load_average_range": [min(loads), max(loads)]}
+    forward_floor(table, rows, rounds)
     return table
 
 

@@ -10,10 +10,14 @@ a MatMul.
 
     from max_deeplab_tf.tools import flops
     counted = flops.model_forward_flops(model, [1, 641, 641, 3])
-    counted["total"]  # FLOPs of one forward pass
+    counted["total"]  # FLOPs of one forward pass, every output
+
+    # Only what a function's returned tensors need (what TensorFlow runs):
+    concrete = forward.get_concrete_function(images)
+    flops.graph_flops(concrete.graph, outputs=concrete.outputs)["total"]
 """
 
-from typing import Dict, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import tensorflow as tf
 
@@ -55,37 +59,75 @@ def einsum_flops(equation: str, input_shapes: Sequence[Sequence[int]]) -> int:
     return 2 * product
 
 
-def graph_flops(graph: tf.Graph) -> Dict[str, int]:
+def graph_flops(graph: tf.Graph,
+                outputs: Optional[Sequence[tf.Tensor]] = None
+                ) -> Dict[str, int]:
     """FLOPs of a graph with static shapes.
 
     Args:
       graph: A traced graph, e.g. `concrete_function.graph`.
+      outputs: If given, only the ops these tensors depend on are counted:
+        what a tf.function returning only them runs (TensorFlow prunes the
+        rest when it runs a function), e.g. `concrete_function.outputs`.
 
     Returns:
-      {"profiler": what TensorFlow's profiler counts, "einsum": the
-      Einsum ops it leaves out (none once a 'flops' statistic is
-      registered for Einsum), "total": their sum}.
+      {"profiler": what TensorFlow's profiler counts (its per-op 'flops'
+      statistics), "einsum": the Einsum ops it leaves out (none once a
+      'flops' statistic is registered for Einsum), "total": their sum}.
     """
     # pylint: disable=import-outside-toplevel
     from tensorflow.compat.v1 import profiler
-
-    options = profiler.ProfileOptionBuilder(
-        profiler.ProfileOptionBuilder.float_operation()).with_empty_output(
-        ).build()
     from tensorflow.python.framework import ops as framework_ops
 
-    counted = profiler.profile(graph, options=options).total_float_ops
+    if outputs is None:
+        options = profiler.ProfileOptionBuilder(
+            profiler.ProfileOptionBuilder.float_operation()
+        ).with_empty_output().build()
+        counted = profiler.profile(graph, options=options).total_float_ops
+        operations = graph.get_operations()
+    else:
+        # The profiler's own count, restricted to the fetched ops: the same
+        # per-op statistics it sums.
+        operations = _ops_reached_from(outputs)
+        counted = sum(
+            framework_ops.get_stats_for_node_def(
+                graph, op.node_def, "flops").value or 0
+            for op in operations if _has_flops_statistic(op))
     einsum = 0
-    for op in graph.get_operations():
+    for op in operations:
         # tf-models-official's train_utils registers a statistic for
         # Einsum when imported; the profiler has then counted it.
-        if op.type == "Einsum" and framework_ops.get_stats_for_node_def(
-                graph, op.node_def, "flops").value is None:
+        if op.type == "Einsum" and not _has_flops_statistic(op):
             einsum += einsum_flops(
                 op.get_attr("equation").decode(),
                 [tuple(t.shape.as_list()) for t in op.inputs])
     return {"profiler": int(counted), "einsum": einsum,
             "total": int(counted) + einsum}
+
+
+def _has_flops_statistic(op) -> bool:
+    """Whether a 'flops' statistic is registered for the op's type (the ops
+    TensorFlow's profiler counts)."""
+    # pylint: disable=import-outside-toplevel,protected-access
+    from tensorflow.python.framework import ops as framework_ops
+    try:
+        framework_ops._stats_registry.lookup(op.type + ",flops")
+    except LookupError:
+        return False
+    return True
+
+
+def _ops_reached_from(outputs: Sequence[tf.Tensor]) -> List:
+    """The ops `outputs` depend on through data and control inputs."""
+    seen, stack = {}, [t.op for t in outputs]
+    while stack:
+        op = stack.pop()
+        if op.name in seen:
+            continue
+        seen[op.name] = op
+        stack.extend(t.op for t in op.inputs)
+        stack.extend(op.control_inputs)
+    return list(seen.values())
 
 
 def model_forward_flops(model, input_shape: Sequence[int]) -> Dict[str, int]:

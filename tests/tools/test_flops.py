@@ -99,3 +99,48 @@ def test_einsums_are_counted_once_when_tf_models_registers_them():
     others, einsum = _hand_counts()
     assert out.stdout.strip().splitlines()[-1] == str(
         {"profiler": others + einsum, "einsum": 0, "total": others + einsum})
+
+
+def _two_branches():
+    """A traced graph with a fetched branch (a matmul) and a branch it does
+    not need (a matmul and an einsum), and the hand counts of each."""
+    import tensorflow as tf
+
+    @tf.function
+    def branches(x):
+        fetched = tf.matmul(x, tf.ones([6, 7]))  # [4, 7]
+        other = tf.matmul(x, tf.ones([6, 3]))  # [4, 3]
+        other = tf.einsum("ab,ab->a", other, other)  # [4]
+        return fetched, other
+
+    concrete = branches.get_concrete_function(
+        tf.TensorSpec([4, 6], tf.float32))
+    fetched = 2 * 4 * 6 * 7
+    other_matmul, other_einsum = 2 * 4 * 6 * 3, 2 * 4 * 3
+    return concrete, fetched, other_matmul, other_einsum
+
+
+def test_only_the_ops_the_outputs_need_are_counted():
+    concrete, fetched, other_matmul, other_einsum = _two_branches()
+    first, second = concrete.outputs
+    counted = flops.graph_flops(concrete.graph, outputs=[first])
+    assert counted["total"] == fetched
+    assert counted["einsum"] == 0
+    both = flops.graph_flops(concrete.graph, outputs=[first, second])
+    assert both["total"] == fetched + other_matmul + other_einsum
+    # Without `outputs`, the whole graph: the same as both outputs here.
+    assert flops.graph_flops(concrete.graph)["total"] == both["total"]
+
+
+def test_fetched_count_agrees_with_the_profiler_on_a_keras_model():
+    import tensorflow as tf
+
+    model = _small_model()
+    concrete = tf.function(lambda x: model(x, training=False)
+                           ).get_concrete_function(
+                               tf.TensorSpec([2, 9, 9, 4], tf.float32))
+    assert (flops.graph_flops(concrete.graph, outputs=concrete.outputs)
+            == flops.graph_flops(concrete.graph))
+    others, einsum = _hand_counts()
+    assert flops.graph_flops(
+        concrete.graph, outputs=concrete.outputs)["total"] == others + einsum
