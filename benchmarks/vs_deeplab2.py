@@ -252,16 +252,9 @@ def forward_floor(table, rows, rounds):
         loads += [ours["load_before"], ours["load_after"],
                   deeplab2["load_before"], deeplab2["load_after"]]
     if per_round:
-        table["forward641_float32_floor"] = {
-            "key": "forward_gflop / matmul_gflops (ours) against "
-                   "forward_s (deeplab2)",
-            "ours": floors, "deeplab2": theirs,
-            "ours_median": statistics.median(floors),
-            "deeplab2_median": statistics.median(theirs),
-            "ratio_of_medians": ratio(statistics.median(floors),
-                                      statistics.median(theirs)),
-            "ratio_per_round": per_round,
-            "load_average_range": [min(loads), max(loads)]}
+        table["forward641_float32_floor"] = _table_entry(
+            "forward_gflop / matmul_gflops (ours) against forward_s "
+            "(deeplab2)", floors, theirs, per_round, loads)
 
 
 # --------------------------------------------------------------------------
@@ -376,16 +369,23 @@ def summarise(rows, rounds):
                       theirs["load_before"], theirs["load_after"]]
         if not per_round:
             continue
-        table[name] = {
-            "key": key, "ours": ours_values, "deeplab2": theirs_values,
-            "ours_median": statistics.median(ours_values),
-            "deeplab2_median": statistics.median(theirs_values),
-            "ratio_of_medians": ratio(statistics.median(ours_values),
-                                      statistics.median(theirs_values)),
-            "ratio_per_round": per_round,
-            "load_average_range": [min(loads), max(loads)]}
+        table[name] = _table_entry(key, ours_values, theirs_values,
+                                   per_round, loads)
     forward_floor(table, rows, rounds)
     return table
+
+
+def _table_entry(key, ours, theirs, per_round, loads):
+    """One row of the summary: both sides' values per round, their
+    medians, the ratio of the medians and per round, the load range."""
+    return {
+        "key": key, "ours": ours, "deeplab2": theirs,
+        "ours_median": statistics.median(ours),
+        "deeplab2_median": statistics.median(theirs),
+        "ratio_of_medians": ratio(statistics.median(ours),
+                                  statistics.median(theirs)),
+        "ratio_per_round": per_round,
+        "load_average_range": [min(loads), max(loads)]}
 
 
 def _cpu_model() -> str:
