@@ -460,8 +460,10 @@ def _checked_chunks(data: bytes):
 
 
 def _png_chunk(kind: bytes, body: bytes) -> bytes:
+    """One PNG chunk: length, type, body and the CRC over type and body
+    (the CRC `_checked_chunks` checks)."""
     return (struct.pack(">I", len(body)) + kind + body
-            + struct.pack(">I", zlib_ng.crc32(body, zlib_ng.crc32(kind))))
+            + struct.pack(">I", zlib.crc32(body, zlib.crc32(kind))))
 
 
 def _with_image_data_stored(data: bytes, chunks) -> bytes:
