@@ -141,7 +141,12 @@ def build_ours(work, crop, batch_size, xla):
 def child(args):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import numpy as np
-    import tensorflow as tf
+    from max_deeplab_tf import cli
+    # As `trainer.main` starts: TensorFlow and orbit imported without
+    # Keras's optional packages.
+    with cli.without_optional_keras_packages():
+        import orbit  # noqa: F401  pylint: disable=unused-import
+        import tensorflow as tf
     from tensorflow.python.util import _pywrap_util_port
     import max_deeplab_tf  # noqa: F401
     from max_deeplab_tf import common

@@ -256,11 +256,49 @@ def without_cuda_probe_error(enabled: bool = True):
             sys.stderr.flush()
 
 
+# Packages that Keras 3 (which `import tensorflow` imports) and tf_keras
+# (which orbit imports) import at their own import whenever they are
+# installed, for integrations no command of ours uses: pandas data frames in
+# `fit` and `predict`, scikit-learn estimator wrappers, OpenCV box drawing and
+# matplotlib image galleries. tf-models-official installs all four, and they
+# cost every command process about 145 MiB of resident memory (739 against
+# 595 MiB after importing TensorFlow, orbit and the trainer; issue 14,
+# benchmarks/README.md).
+KERAS_OPTIONAL_PACKAGES = ("pandas", "sklearn", "cv2", "matplotlib")
+
+
+@contextlib.contextmanager
+def without_optional_keras_packages():
+    """Within the scope, importing a package of `KERAS_OPTIONAL_PACKAGES`
+    fails with ModuleNotFoundError, as if it were not installed; wrap the
+    import of TensorFlow (and of orbit, which imports tf_keras) in it. Keras
+    and tf_keras then leave those integrations off, as they do where the
+    packages are absent.
+
+    Only imports made inside the scope are refused: a package imported
+    before it stays as it is, and after it every package imports normally
+    (official.vision's AutoAugment module imports matplotlib later, when a
+    config asks for AutoAugment).
+    """
+    refused = [name for name in KERAS_OPTIONAL_PACKAGES
+               if name not in sys.modules]
+    for name in refused:
+        # Python's documented way to make an import fail: a None entry.
+        sys.modules[name] = None
+    try:
+        yield
+    finally:
+        for name in refused:
+            if sys.modules.get(name, 0) is None:
+                del sys.modules[name]
+
+
 def import_tensorflow_quietly():
     """Imports TensorFlow and lists its devices (where the CUDA probe runs)
-    without the probe's expected error line; returns the module."""
+    without the probe's expected error line and without Keras's optional
+    packages (`without_optional_keras_packages`); returns the module."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    with without_cuda_probe_error():
+    with without_cuda_probe_error(), without_optional_keras_packages():
         import tensorflow as tf  # pylint: disable=import-outside-toplevel
         tf.config.list_physical_devices()
     return tf

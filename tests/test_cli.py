@@ -116,3 +116,59 @@ def test_tensorflow_import_drops_only_the_cuda_probe_error():
     assert result.stdout == "tensorflow\n"
     assert "cuInit" not in result.stderr
     assert "W something else\n" in result.stderr
+
+
+def _make_package(root, name):
+    package = root / name
+    package.mkdir()
+    (package / "__init__.py").write_text("VALUE = 1\n")
+
+
+def test_optional_keras_packages_refused_only_inside_the_scope(
+        tmp_path, monkeypatch):
+    # Packages made here, so that the test does not depend on what is
+    # installed: one imported before the scope, one not.
+    for name in ("optional_before", "optional_inside"):
+        _make_package(tmp_path, name)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(cli, "KERAS_OPTIONAL_PACKAGES",
+                        ("optional_before", "optional_inside"))
+    import optional_before  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+    try:
+        with cli.without_optional_keras_packages():
+            with pytest.raises(ModuleNotFoundError):
+                import optional_inside  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+            # Already imported: left as it was.
+            assert sys.modules["optional_before"].VALUE == 1
+        # After the scope the package imports normally.
+        import optional_inside  # noqa: F401,F811  pylint: disable=import-outside-toplevel
+        assert optional_inside.VALUE == 1
+    finally:
+        for name in ("optional_before", "optional_inside"):
+            sys.modules.pop(name, None)
+
+
+def test_optional_keras_packages_not_loaded_by_tensorflow_or_trainer():
+    # The trainer's start (TensorFlow, its Keras, orbit's tf_keras) and
+    # import_tensorflow_quietly load none of the optional packages, and
+    # Keras then runs without its pandas integration, as where pandas is
+    # not installed; the packages still import afterwards.
+    script = textwrap.dedent("""
+        import importlib.util, sys
+        from max_deeplab_tf import cli
+        from trainer import main
+        main._start_tensorflow(1, 0)
+        tf = cli.import_tensorflow_quietly()
+        loaded = [n for n in cli.KERAS_OPTIONAL_PACKAGES if n in sys.modules]
+        from keras.src.trainers.data_adapters import array_slicing
+        installed = [n for n in cli.KERAS_OPTIONAL_PACKAGES
+                     if importlib.util.find_spec(n) is not None]
+        if "pandas" in installed:
+            import pandas
+            assert pandas.DataFrame is not None
+        print(loaded, array_slicing.pandas is None, "orbit" in sys.modules)
+    """)
+    result = subprocess.run([sys.executable, "-c", script],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == "[] True True"

@@ -58,12 +58,16 @@ cli.define_verbose_flag()
 def _start_tensorflow(num_cpu_devices: int, num_gpus: int) -> None:
     """Imports TensorFlow and starts its devices (the CPU split must come
     before anything else touches them); on a CPU-only run (num_gpus == 0)
-    without the GPU probe's expected error line, every other line kept."""
-    with cli.without_cuda_probe_error(enabled=num_gpus == 0):
+    without the GPU probe's expected error line, every other line kept.
+    Neither TensorFlow's Keras nor orbit's tf_keras loads its optional
+    packages (cli.without_optional_keras_packages)."""
+    with cli.without_cuda_probe_error(enabled=num_gpus == 0), \
+            cli.without_optional_keras_packages():
         import tensorflow as tf  # pylint: disable=import-outside-toplevel
         from trainer import distribution  # pylint: disable=import-outside-toplevel
         tf.config.list_physical_devices()
         distribution.split_cpu(num_cpu_devices)
+        import orbit  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
     _quiet_library_info()
 
 

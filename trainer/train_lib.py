@@ -412,15 +412,19 @@ def _xla_on_cpu_message() -> str:
     """What `use_xla` measured on a CPU with the kernels this process uses
     (benchmarks/README.md, vs_deeplab2.py, MaX-DeepLab-S at 129x129):
     oneDNN's kernels beat XLA's CPU code; TensorFlow's Eigen kernels, since
-    be58374, do not. XLA's own oneDNN rewrites could not be used:
-    `--xla_cpu_use_onednn` refused the axial attention's batched dots and
+    be58374, do not. The compiled step loses in its matrix products, which
+    XLA runs in Eigen's kernels (59% of the compiled function's time).
+    XLA's own oneDNN rewrites could not be used: `--xla_cpu_use_onednn`
+    refuses the dot of any matmul gradient (one operand transposed) and
     `--xla_cpu_use_thunk_runtime=false` failed to link (TensorFlow 2.20)."""
     if _pywrap_util_port.IsMklEnabled():
         return ("use_xla: compiling the step for the CPU; with oneDNN on, as "
                 "here, the compiled MaX-DeepLab-S step measured 1.05-1.16 "
                 "times slower than without XLA on an AMD EPYC with AVX-512 "
-                "(at fe37647) and 1.4 times on an Intel Xeon (at 26eb9bf); "
-                "use_xla: false, the default, is likely faster here.")
+                "(at fe37647) and 1.4 times on an Intel Xeon (at 26eb9bf), "
+                "as XLA runs the matrix products in Eigen's kernels, not "
+                "oneDNN's; use_xla: false, the default, is likely faster "
+                "here.")
     return ("use_xla: compiling the step for the CPU; with oneDNN off, as "
             "here, the compiled MaX-DeepLab-S step measured 0.89-0.96 times "
             "the step without XLA on an AMD EPYC, and the step without XLA "
