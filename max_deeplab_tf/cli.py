@@ -293,12 +293,23 @@ def without_optional_keras_packages():
                 del sys.modules[name]
 
 
-def import_tensorflow_quietly():
-    """Imports TensorFlow and lists its devices (where the CUDA probe runs)
-    without the probe's expected error line and without Keras's optional
-    packages (`without_optional_keras_packages`); returns the module."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    with without_cuda_probe_error(), without_optional_keras_packages():
+def import_tensorflow():
+    """Imports TensorFlow, the way commands do: without Keras's optional
+    packages (`without_optional_keras_packages`); returns the module. Where
+    TensorFlow is already imported this only returns it. Measured: about
+    0.9 s less import time (3.7-4.1 s against 2.8-3.3 s for TensorFlow and
+    orbit) and 145 MiB less memory per process (benchmarks/README.md)."""
+    with without_optional_keras_packages():
         import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    return tf
+
+
+def import_tensorflow_quietly():
+    """Imports TensorFlow (`import_tensorflow`) and lists its devices (where
+    the CUDA probe runs) without the probe's expected error line; returns
+    the module."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    with without_cuda_probe_error():
+        tf = import_tensorflow()
         tf.config.list_physical_devices()
     return tf

@@ -114,8 +114,8 @@ def _gfile(path: str = ""):
     """tf.io.gfile for remote paths (gs://, ram://), _LocalFiles else."""
     if "://" not in path:
         return _LocalFiles
-    import tensorflow as tf  # Imported late: workers start faster.
-    return tf.io.gfile
+    # Imported late: workers start faster.
+    return cli.import_tensorflow().io.gfile
 
 
 def _exists(path: str) -> bool:
@@ -571,7 +571,7 @@ def write_shard(task: ShardTask) -> Tuple[str, int]:
         name appeared meanwhile (it is not replaced); the partial file is
         removed.
     """
-    import tensorflow as tf
+    tf = cli.import_tensorflow()  # Each worker process imports it here.
 
     gfile = _gfile(task.path)
     finder = _ImageFinder(task.layout.image_dir)

@@ -57,8 +57,7 @@ def _join(*parts: str) -> str:
 
 
 def _gfile():
-    import tensorflow as tf
-    return tf.io.gfile
+    return cli.import_tensorflow().io.gfile
 
 
 def split_paths(output_dir: str, split: str) -> Tuple[str, str, str]:
@@ -399,7 +398,7 @@ def generate_split(output_dir: str, split: str, num_images: int,
         raise cli.UserError(f"--num_images: {num_images}; expected a "
                             "non-negative number")
     height, width = _image_size(image_size)
-    import tensorflow as tf  # After the checks: bad flags fail fast.
+    tf = cli.import_tensorflow()  # After the checks: bad flags fail fast.
 
     gfile = _gfile()
     json_path, png_dir, image_dir = split_paths(output_dir, split)

@@ -367,9 +367,7 @@ def is_remote(path: str) -> bool:
 
 
 def _gfile():
-    import tensorflow as tf  # pylint: disable=import-outside-toplevel
-
-    return tf.io.gfile
+    return cli.import_tensorflow().io.gfile
 
 
 def _read_bytes(path: str) -> bytes:
