@@ -151,6 +151,7 @@ def test_optional_keras_packages_refused_only_inside_the_scope(
 @pytest.mark.parametrize("start", [
     "from trainer import main; main._start_tensorflow(1, 0)",
     "cli.import_tensorflow()",
+    "from max_deeplab_tf.tools import import_deeplab2",
 ])
 def test_optional_keras_packages_not_loaded_by_tensorflow_or_trainer(start):
     # How the trainer starts (TensorFlow, its Keras, orbit's tf_keras) and

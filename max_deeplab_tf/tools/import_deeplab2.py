@@ -39,14 +39,20 @@ from typing import List, Sequence
 
 from absl import flags
 from absl import logging
-import tensorflow as tf
 
 from max_deeplab_tf import cli
+
+# Imported as every command imports it: without Keras's optional packages
+# (cli.import_tensorflow), before the modules below import it themselves.
+tf = cli.import_tensorflow()
+
+# pylint: disable=wrong-import-position
 from max_deeplab_tf.model import build_for_input_size
 from max_deeplab_tf.model import build_model
 from max_deeplab_tf.model import deeplab2_variable_map
 from max_deeplab_tf.tools import deeplab2_config
 from max_deeplab_tf.training import checkpoints
+# pylint: enable=wrong-import-position
 
 CONFIG_NAME = "experiment.textproto"
 # What an import writes into output_dir (ckpt-0.* and the `checkpoint`
