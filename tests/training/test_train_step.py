@@ -198,3 +198,83 @@ def test_rejects_unknown_precision_policy():
     with pytest.raises(ValueError, match="mixed_precision_policy"):
         train_step_lib.TrainStep(model, standins.StandinLoss(), None, 4,
                                  mixed_precision_policy="float16")
+
+
+class StatefulStandin(standins.StandinModel):
+    """The stand-in plus a statistic its training pass writes that the loss
+    does not see: the log of the smallest pixel, -inf where a pixel is 0."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.smallest_log = self.add_weight(
+            shape=(3,), initializer="zeros", trainable=False,
+            name="smallest_log")
+
+    def call(self, images, training=False):
+        if training:
+            self.smallest_log.assign(
+                tf.fill([3], tf.math.log(tf.reduce_min(images))))
+        return super().call(images, training=training)
+
+
+def test_nonfinite_state_at_a_finite_loss_skips_and_restores():
+    # Loss and gradients finite, but the forward pass wrote an infinity into
+    # model state: the step is skipped and every variable, the written
+    # statistic and the batch-norm statistics included, keeps its value.
+    keras.utils.set_random_seed(1)
+    model = StatefulStandin()
+    model(tf.zeros([1, standins.SIZE, standins.SIZE, 3]))
+    solver = trainer_pb2.SolverOptions(
+        optimizer="adam", base_learning_rate=0.05,
+        training_number_of_steps=100)
+    model_optimizer = optimizers.ModelOptimizer(
+        solver, model.trainable_variables, gradients_aggregated=True)
+    model_optimizer.build()
+    step = train_step_lib.TrainStep(
+        model, standins.StandinLoss(), model_optimizer, global_batch_size=4,
+        max_consecutive_nonfinite_steps=3)
+    run = tf.function(step.replica_step)
+    assert float(run(batch(0))["step_skipped"]) == 0.0
+    before = all_variables(model, model_optimizer, step)
+    assert np.isfinite(before["model/stateful_standin/smallest_log"]).all()
+    poisoned = batch(1)
+    image = poisoned[common.IMAGE].numpy()
+    image[2, 0, 0, 1] = 0.0
+    poisoned[common.IMAGE] = tf.constant(image)
+    result = run(poisoned)
+    assert np.isfinite(float(result[common.TOTAL_LOSS]))
+    assert np.isfinite(float(result["gradient_norm"]))
+    assert float(result["step_skipped"]) == 1.0
+    after = all_variables(model, model_optimizer, step)
+    for name, value in after.items():
+        if not name.startswith("step/"):
+            np.testing.assert_array_equal(value, before[name], err_msg=name)
+    assert int(step.consecutive_nonfinite.numpy()) == 1
+    # The same batch without the zero pixel is applied, statistic written.
+    result = run(batch(1))
+    assert float(result["step_skipped"]) == 0.0
+    written = model.smallest_log.numpy()
+    expected = np.log(batch(1)[common.IMAGE].numpy().min())
+    np.testing.assert_allclose(written, [expected] * 3, rtol=1e-6)
+
+
+@pytest.mark.parametrize("values,expected", [
+    ([], True),
+    ([np.ones([3], np.float32), np.zeros([2, 2], np.float32)], True),
+    ([np.ones([3], np.float32), np.array([[1.0, np.nan]], np.float32)],
+     False),
+    ([np.array(7.0, np.float32), np.array(-np.inf, np.float32)], False),
+    ([np.ones([2], np.float32), np.array([np.inf], np.float16)], False),
+    # Not cast: 1e300 is finite in float64 (float32 would call it inf).
+    ([np.array([1e300], np.float64), np.ones([2], np.float32)], True),
+    ([np.array([1e300, np.inf], np.float64), np.ones([2], np.float32)],
+     False),
+    # Integers are always finite.
+    ([np.array([2 ** 40], np.int64), np.ones([2], np.float32)], True),
+])
+def test_all_finite_matches_numpy(values, expected):
+    tensors = [tf.constant(v) for v in values]
+    assert bool(train_step_lib._all_finite(tensors)) is expected  # pylint: disable=protected-access
+    assert bool(tf.function(train_step_lib._all_finite)(tensors)) is expected  # pylint: disable=protected-access
+    assert expected == all(np.isfinite(v).all() for v in values
+                           if np.issubdtype(v.dtype, np.floating))
