@@ -18,9 +18,9 @@ from tests.trainer import standins
 
 
 def make_step(jit_compile=False, policy="float32", limit=3, lr=0.05,
-              optimizer="adam", lookahead=0):
+              optimizer="adam", lookahead=0, model_class=None):
     keras.utils.set_random_seed(1)
-    model = standins.StandinModel()
+    model = (model_class or standins.StandinModel)()
     model(tf.zeros([1, standins.SIZE, standins.SIZE, 3]))
     solver = trainer_pb2.SolverOptions(
         optimizer=optimizer, base_learning_rate=lr,
@@ -221,18 +221,7 @@ def test_nonfinite_state_at_a_finite_loss_skips_and_restores():
     # Loss and gradients finite, but the forward pass wrote an infinity into
     # model state: the step is skipped and every variable, the written
     # statistic and the batch-norm statistics included, keeps its value.
-    keras.utils.set_random_seed(1)
-    model = StatefulStandin()
-    model(tf.zeros([1, standins.SIZE, standins.SIZE, 3]))
-    solver = trainer_pb2.SolverOptions(
-        optimizer="adam", base_learning_rate=0.05,
-        training_number_of_steps=100)
-    model_optimizer = optimizers.ModelOptimizer(
-        solver, model.trainable_variables, gradients_aggregated=True)
-    model_optimizer.build()
-    step = train_step_lib.TrainStep(
-        model, standins.StandinLoss(), model_optimizer, global_batch_size=4,
-        max_consecutive_nonfinite_steps=3)
+    model, model_optimizer, step = make_step(model_class=StatefulStandin)
     run = tf.function(step.replica_step)
     assert float(run(batch(0))["step_skipped"]) == 0.0
     before = all_variables(model, model_optimizer, step)
