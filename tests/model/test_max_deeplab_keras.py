@@ -67,7 +67,13 @@ def test_gradients_compile_with_xla(monkeypatch):
     # as matmuls and shifted sums; the gradients must not change beyond
     # float rounding.
     layer_helpers.fake_accelerator(monkeypatch, None)
-    # Keras's initial weights (the randomised fixture's gradients overflow).
+    # Keras's initial weights (the randomised fixture's gradients overflow),
+    # drawn from a fixed seed: unseeded, they depended on the tests that ran
+    # before in the same process, and one CI run failed here with 1e-3 of
+    # the largest gradient on the stem convolution's kernel (seeds 0-19 give
+    # 1.2e-6 to 2.8e-5, the worst on a batch-norm scale; not reproduced in
+    # two serial orders of the tests before this one).
+    keras.utils.set_random_seed(2)
     model = max_deeplab_tf.build_model(helpers.tiny_config())
     model.build((None, 33, 33, 3))
     outputs = {key: value for key, value
