@@ -281,6 +281,62 @@ def test_single_axis_training_matches_numpy(shape):
                                atol=1e-5)
 
 
+
+@pytest.mark.parametrize("shape", [
+    (2, 5, 6, 7), (1, 1, 1, 3), (0, 4, 4, 2), (40, 7),
+    (2, 2049, 2049, 2),  # 8,396,802 values per channel
+    (2 ** 24 + 1, 1)])   # a count float32 rounds (to 2**24)
+def test_biased_variance_factor_is_the_graph_ops_float32(shape):
+    # Known shapes give a numpy float32 instead of five graph ops; the same
+    # bits as the ops on an unknown shape, and (count - 1) / count rounded
+    # once to float32 (a float64 quotient of two integers below 2**53,
+    # rounded to float32, is the correctly rounded float32 quotient of the
+    # float32 operands when these are exact; 0 for count <= 1 as
+    # divide_no_nan gives for count 0).
+    static = normalization._biased_variance_factor(_symbolic(shape))
+    assert isinstance(static, np.float32)
+
+    @tf.function(input_signature=[tf.TensorSpec([None] * len(shape))])
+    def dynamic(x):
+        return normalization._biased_variance_factor(x)
+
+    graph_value = dynamic(tf.zeros(shape)).numpy()
+    assert graph_value.tobytes() == static.tobytes()
+    count = int(np.prod(shape[:-1]))
+    c32 = np.float32(count)
+    expected = np.float32(0.0) if count == 0 else np.float32(
+        (float(c32) - 1.0) / float(c32))
+    assert static == expected
+    if 1 < count < 2 ** 24:
+        assert static == np.float32((count - 1) / count)
+
+
+def _symbolic(shape):
+    """A graph tensor of the given static shape (no values allocated)."""
+    holder = {}
+
+    @tf.function(input_signature=[tf.TensorSpec(shape)])
+    def trace(x):
+        holder["x"] = x
+        return x
+
+    trace.get_concrete_function()
+    return holder["x"]
+
+
+def test_training_with_known_shape_runs_no_count_ops():
+    # The step without grappler (CPU training) runs every op it traces:
+    # with a static shape the factor is a constant, not a floordiv, cast,
+    # subtraction and divide_no_nan per batch norm.
+    layer = normalization.BatchNormalization()
+    layer.build((2, 5, 6, 7))
+    graph = tf.function(lambda t: layer(t, training=True)).get_concrete_function(
+        tf.TensorSpec((2, 5, 6, 7), tf.float32)).graph
+    op_types = [op.type for op in graph.get_operations()]
+    assert "FusedBatchNormV3" in op_types
+    assert not {"FloorDiv", "DivNoNan", "Size"} & set(op_types)
+
+
 def _formula_gradients(layer, x, upstream):
     """Gradients of sum(batch_norm(x) * upstream) with respect to x, gamma
     and beta: the written-out training formula (batch statistics over all
