@@ -281,18 +281,16 @@ def test_single_axis_training_matches_numpy(shape):
                                atol=1e-5)
 
 
-
 @pytest.mark.parametrize("shape", [
     (2, 5, 6, 7), (1, 1, 1, 3), (0, 4, 4, 2), (40, 7),
     (2, 2049, 2049, 2),  # 8,396,802 values per channel
     (2 ** 24 + 1, 1)])   # a count float32 rounds (to 2**24)
 def test_biased_variance_factor_is_the_graph_ops_float32(shape):
-    # Known shapes give a numpy float32 instead of five graph ops; the same
-    # bits as the ops on an unknown shape, and (count - 1) / count rounded
-    # once to float32 (a float64 quotient of two integers below 2**53,
-    # rounded to float32, is the correctly rounded float32 quotient of the
-    # float32 operands when these are exact; 0 for count <= 1 as
-    # divide_no_nan gives for count 0).
+    # Known shapes give a numpy float32 instead of the graph ops: the same
+    # bits as those ops on an unknown shape, and the float32 quotient of
+    # the float32 operands (count rounded to float32 first, as the ops'
+    # cast does; divide_no_nan's 0 for an empty input). Below 2**24 the
+    # count is exact and the quotient is (count - 1) / count rounded once.
     static = normalization._biased_variance_factor(_symbolic(shape))
     assert isinstance(static, np.float32)
 
