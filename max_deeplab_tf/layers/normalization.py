@@ -233,6 +233,57 @@ class MultiAxisBatchNormalization(keras.layers.Layer):
         return config
 
 
+def _one_replica() -> bool:
+    """Whether this runs in the replica context of a single replica (the
+    default strategy's, or any strategy's with one device)."""
+    replica_context = tf.distribute.get_replica_context()
+    return (replica_context is not None
+            and replica_context.num_replicas_in_sync == 1)
+
+
+def _synchronized_moments_of_one_replica(x: tf.Tensor, axes: Sequence[int]):
+    """Keras's synchronised batch moments (`keras.ops.moments(x, axes,
+    synchronized=True)` with the TensorFlow backend) on a single replica,
+    where its all-reduces of the sums and the count are the identity: the
+    same ops, the same bits, without tf.distribute's differentiable
+    all-reduce. In a graph, that one registers a gradient function per call
+    in TensorFlow's process-wide gradient registry, never removed; the
+    function holds tensors of the traced graph, so every graph that trained
+    the layer stayed alive, and with it the variables it captured (a train
+    step: the model's variables and the optimizer's slots, 871 MiB for
+    MaX-DeepLab-S). This package's train step releases such registrations
+    itself (training.gradient_registrations); a user's own training loop
+    or Keras's `fit` does not.
+
+    Args:
+      x: The input, of any float dtype.
+      axes: The axes to reduce.
+
+    Returns:
+      (mean, variance), `axes` removed, in x's dtype.
+    """
+    dtype = x.dtype
+    low_precision = dtype in (tf.float16, tf.bfloat16)
+    if low_precision:
+        x = tf.cast(x, tf.float32)
+    count = tf.reduce_sum(tf.ones_like(x, name="count"), axis=axes,
+                          keepdims=True)
+    total = tf.reduce_sum(x, axis=axes, keepdims=True)
+    squared_total = tf.reduce_sum(tf.square(x), axis=axes, keepdims=True)
+    mean = tf.math.divide_no_nan(total, count)
+    variance = tf.maximum(
+        tf.math.divide_no_nan(squared_total, count) - tf.square(mean), 0.0)
+    mean = tf.squeeze(mean, axes)
+    variance = tf.squeeze(variance, axes)
+    if low_precision:
+        # As Keras: clipped to float16's range, whatever the dtype.
+        mean = tf.cast(tf.clip_by_value(mean, tf.float16.min, tf.float16.max),
+                       dtype)
+        variance = tf.cast(
+            tf.clip_by_value(variance, tf.float16.min, tf.float16.max), dtype)
+    return mean, variance
+
+
 def _biased_variance_factor(x: tf.Tensor):
     """(count - 1) / count in float32, 0 for an empty input, where count is
     the number of values per channel of `x` [..., channels].
@@ -286,6 +337,17 @@ class BatchNormalization(keras.layers.BatchNormalization):
                     and replica_context.num_replicas_in_sync > 1)):
             return super().call(inputs, training=training, mask=mask)
         return self._fused_training_call(inputs)
+
+    def _moments(self, inputs, mask):
+        # Keras's synchronised moments all-reduce through tf.distribute even
+        # on one replica, where the sum over replicas is the value itself;
+        # each such all-reduce traced registers a gradient function in
+        # TensorFlow's process-wide registry, never removed, that keeps the
+        # traced graph and the variables it captured alive.
+        if mask is None and self.synchronized and _one_replica():
+            return _synchronized_moments_of_one_replica(
+                inputs, self._reduction_axes)
+        return super()._moments(inputs, mask)
 
     def _fused_training_call(self, inputs):
         """Normalises with the batch's statistics by FusedBatchNormV3 and

@@ -51,6 +51,7 @@ import keras
 import tensorflow as tf
 
 from max_deeplab_tf import common
+from max_deeplab_tf.training import gradient_registrations
 from max_deeplab_tf.training import graph_optimizer
 from max_deeplab_tf.training import op_stack_traces
 
@@ -161,7 +162,7 @@ class TrainStep:
         self._forward_backward = self._forward_backward_impl
         if jit_compile:
             self._forward_backward = tf.function(
-                self._forward_backward_impl, jit_compile=True)
+                self._compiled_forward_backward, jit_compile=True)
 
     def graph_optimizer_scope(self):
         """A context manager to call the step's tf.function in (every call:
@@ -180,6 +181,13 @@ class TrainStep:
             "loss_scale": self.loss_scale,
             "loss_scale_good_steps": self.loss_scale_good_steps,
         }
+
+    def _compiled_forward_backward(self, inputs, loss_scale):
+        """`_forward_backward_impl` traced as its own (XLA) function, whose
+        graph's custom gradients are released as the step's are (see
+        replica_step)."""
+        with gradient_registrations.released_after_gradients():
+            return self._forward_backward_impl(inputs, loss_scale)
 
     def _forward_backward_impl(self, inputs, loss_scale):
         with tf.GradientTape() as tape:
@@ -214,7 +222,12 @@ class TrainStep:
         identical on every replica."""
         # The ops record only this package's and the user's stack frames:
         # Keras's and TensorFlow's took 200+ MiB once the step first ran.
-        with op_stack_traces.library_frames_dropped():
+        # The gradient functions the step registers (tf.distribute's
+        # all-reduces, custom gradients) leave TensorFlow's registry once
+        # traced: they would keep the step's graph, and the model's
+        # variables and slots, alive for the life of the process.
+        with op_stack_traces.library_frames_dropped(), \
+                gradient_registrations.released_after_gradients():
             return self._replica_step(inputs)
 
     def _replica_step(self, inputs) -> Dict[str, tf.Tensor]:

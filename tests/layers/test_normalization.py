@@ -423,3 +423,62 @@ def test_single_axis_training_under_xla_matches_the_formula(jit_compile,
         np.testing.assert_allclose(actual.numpy(), expected.numpy(),
                                    rtol=1e-4, atol=1e-4)
     assert outputs.shape == shape
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+def test_one_replica_synchronized_moments_are_keras_bits(dtype):
+    # The independent truth is Keras's own synchronised moments, all-reduce
+    # included (the default strategy's replica context: one replica).
+    x = tf.cast(np.random.RandomState(3).normal(3.0, 4.0, (2, 3, 5, 7)),
+                dtype)
+    axes = [0, 2, 3]
+
+    def both(t):
+        return (keras.ops.moments(t, axes, synchronized=True),
+                normalization._synchronized_moments_of_one_replica(t, axes))
+
+    for run in (both, tf.function(both)):
+        expected, actual = run(x)
+        for e, a in zip(expected, actual):
+            assert a.dtype == e.dtype and a.shape == e.shape == (3,)
+            assert a.numpy().tobytes() == e.numpy().tobytes()
+
+
+def test_one_replica_sync_batch_norm_off_the_fused_path_is_keras_bits():
+    # Axis 1 of a 4-D input is not the fused op's case: Keras's path, with
+    # the same output, moving statistics and gradients as Keras's own layer
+    # bit for bit, and no gradient left in TensorFlow's registry (each
+    # entry would keep the traced graph alive).
+    from max_deeplab_tf.training import gradient_registrations
+    shape = (2, 3, 5, 7)
+    ours = normalization.BatchNormalization(axis=1, momentum=0.9,
+                                            synchronized=True)
+    reference = keras.layers.BatchNormalization(axis=1, momentum=0.9,
+                                                synchronized=True)
+    for layer in (ours, reference):
+        layer.build(shape)
+        helpers.randomize_weights(layer, seed=5)
+    rng = np.random.RandomState(6)
+    x = tf.constant(rng.normal(1.0, 3.0, shape).astype("float32"))
+    upstream = tf.constant(rng.normal(size=shape).astype("float32"))
+
+    def forward_backward(layer):
+        @tf.function
+        def run(inputs):
+            with tf.GradientTape() as tape:
+                tape.watch(inputs)
+                outputs = layer(inputs, training=True)
+                loss = tf.reduce_sum(outputs * upstream)
+            return [outputs] + tape.gradient(
+                loss, [inputs, layer.gamma, layer.beta])
+        return run
+
+    registry = gradient_registrations._registry()  # pylint: disable=protected-access
+    before = set(registry)
+    actual = forward_backward(ours)(x)
+    assert set(registry) == before
+    expected = forward_backward(reference)(x)
+    for a, e in zip(actual + [ours.moving_mean, ours.moving_variance],
+                    expected + [reference.moving_mean,
+                                reference.moving_variance]):
+        assert a.numpy().tobytes() == e.numpy().tobytes()
