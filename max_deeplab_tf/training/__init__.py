@@ -14,10 +14,10 @@
   op_stack_traces.library_frames_dropped(): the scope in which the train
     and evaluation steps trace, so that their ops record only this
     package's and the user's stack frames (200+ MiB less peak memory).
-  gradient_registrations.released_after_gradients(): the scope of the
-    step's forward and backward pass, which takes the custom gradients
-    it registered back out of TensorFlow's process-wide registry, so
-    that a deleted step frees its graph, variables and slots.
+  gradient_registrations.released_after_gradients(): the scope in which
+    the train step traces, which takes the custom gradients its trace
+    registered back out of TensorFlow's process-wide registry, so that
+    a deleted step frees its graph, variables and slots.
   files: atomic writes through tf.io.gfile.
   visualization: panoptic maps as colour images.
 """
